@@ -1,0 +1,187 @@
+"""The application's configuration: one typed object, read from the Serve config file.
+
+The same YAML is used by ``make demo`` (``serve`` on one machine), by the Helm chart (rendered into the
+RayService's ``serveConfigV2``) and by the KubeRay operator (PUT to the dashboard). Everything that may
+change while serving (catalog location, aliases, cache budget, default model) lives in the
+``ModelServer`` deployment's ``user_config`` so that Serve applies it in place through
+``reconfigure()`` instead of restarting replicas.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from manymodels.cache import DEFAULT_POLICY, POLICIES
+from manymodels.runtimes import RuntimeSettings
+
+APP_IMPORT_PATH = "manymodels.serve.app:build_app"
+MODEL_SERVER = "ModelServer"
+GATEWAY = "Gateway"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """``2Gi``, ``512Mi``, ``1.5G`` or a plain number of bytes -> bytes (the Kubernetes quantity style)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a byte size: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"byte size must be >= 0, got {value}")
+        return int(value)
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"not a byte size: {value!r} (use e.g. 536870912, 512Mi or 2Gi)")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[(unit or "").lower()])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreConfig(_Strict):
+    uri: str = Field(description="local directory / PVC mount, or an fsspec URL (s3://, gs://, az://)")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    disk_cache_dir: str | None = Field(default=None, description="node-local tier for remote stores")
+    disk_cache_bytes: int = 10 * 2**30
+    refresh_interval_s: float = Field(default=10.0, ge=0, description="0 disables polling for new versions")
+
+    _bytes = field_validator("disk_cache_bytes", mode="before")(parse_bytes)
+
+
+class CacheConfig(_Strict):
+    capacity_bytes: int = 2 * 2**30
+    policy: str = DEFAULT_POLICY
+    pin: list[str] = Field(default_factory=list, description="model or model:version kept resident")
+    prefetch: list[str] = Field(default_factory=list, description="loaded when a replica starts")
+
+    _bytes = field_validator("capacity_bytes", mode="before")(parse_bytes)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value not in POLICIES:
+            raise ValueError(f"unknown cache policy {value!r}; choose one of {sorted(POLICIES)}")
+        return value
+
+
+class ModelOptions(_Strict):
+    aliases: dict[str, str] = Field(default_factory=dict)
+    processor: str | None = Field(default=None, description="'package.module:Class' shipped in the image")
+    processor_options: dict[str, Any] = Field(default_factory=dict)
+    allow_nonfinite: bool = False
+
+
+class Limits(_Strict):
+    max_body_bytes: int = 8 * 2**20
+    max_batch: int = Field(default=4096, ge=1)
+
+    _bytes = field_validator("max_body_bytes", mode="before")(parse_bytes)
+
+
+class ListenConfig(_Strict):
+    """Where each replica's direct HTTP endpoint listens (the Gateway routes to it)."""
+
+    host: str = Field(default="127.0.0.1", description="0.0.0.0 in a cluster: the Gateway is remote")
+    port: int = Field(default=0, ge=0, le=65535, description="0 = any free port")
+
+
+class ServerConfig(_Strict):
+    """The ``user_config`` of the ModelServer deployment: everything that can change live."""
+
+    store: StoreConfig
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    default_model: str | None = None
+    models: dict[str, ModelOptions] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    http: ListenConfig = Field(default_factory=ListenConfig)
+    inline_infer_max_ms: float = Field(
+        default=1.0, ge=0, description="models faster than this run on the event loop, slower in a thread"
+    )
+
+    @model_validator(mode="after")
+    def _names_are_valid(self) -> ServerConfig:
+        names = list(self.models) + ([self.default_model] if self.default_model else [])
+        for options in self.models.values():
+            names += list(options.aliases) + list(options.aliases.values())
+        for name in names:
+            if not _NAME.match(name) or name in {".", ".."}:
+                raise ValueError(f"invalid model, alias or version name: {name!r}")
+        return self
+
+
+class GatewayConfig(_Strict):
+    """The ``user_config`` of the Gateway deployment (the model-aware HAProxy front door)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    balance_factor: int = Field(
+        default=150, ge=101, description="bounded-load consistent hashing: max load in % of the average"
+    )
+    max_body_bytes: int = 8 * 2**20
+    health_interval_ms: int = Field(default=1000, ge=100)
+
+    _bytes = field_validator("max_body_bytes", mode="before")(parse_bytes)
+
+
+class AppSettings(_Strict):
+    """What the app reads out of one Serve application entry."""
+
+    server: ServerConfig
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    deployments: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def app_settings(serve_config: dict[str, Any], app_name: str | None = None) -> AppSettings:
+    """Validate a whole Serve config (``serve deploy`` / ``serveConfigV2`` format) and return ours.
+
+    Raises ``ValueError`` naming the offending field; this is the loader the Helm chart's tests run
+    against the rendered ``serveConfigV2``.
+    """
+    apps = serve_config.get("applications")
+    if not isinstance(apps, list) or not apps:
+        raise ValueError("serve config: 'applications' must be a non-empty list")
+    ours = [a for a in apps if a.get("import_path") == APP_IMPORT_PATH]
+    if app_name is not None:
+        ours = [a for a in ours if a.get("name") == app_name]
+    if len(ours) != 1:
+        raise ValueError(f"serve config: expected one application with import_path {APP_IMPORT_PATH}")
+    deployments = {d.get("name"): d for d in ours[0].get("deployments", [])}
+    unknown = set(deployments) - {MODEL_SERVER, GATEWAY}
+    if unknown:
+        raise ValueError(f"serve config: unknown deployments {sorted(unknown)}")
+    server = deployments.get(MODEL_SERVER, {}).get("user_config")
+    if server is None:
+        raise ValueError(f"serve config: deployment {MODEL_SERVER} needs a user_config")
+    return AppSettings(
+        server=ServerConfig.model_validate(server),
+        gateway=GatewayConfig.model_validate(deployments.get(GATEWAY, {}).get("user_config") or {}),
+        deployments=deployments,
+    )
+
+
+def load_serve_config(path: str | Path) -> dict[str, Any]:
+    """Read a Serve config YAML, expanding ``${VAR}`` / ``${VAR:-default}`` from the environment."""
+    text = Path(path).read_text()
+    text = re.sub(
+        r"\$\{(\w+)(?::-([^}]*))?\}",
+        lambda m: os.environ.get(m.group(1), m.group(2) or ""),
+        text,
+    )
+    config = yaml.safe_load(text)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a YAML mapping")
+    app_settings(config)
+    return config
+

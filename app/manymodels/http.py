@@ -1,0 +1,270 @@
+"""The HTTP ingress: ``/predict``, Open Inference Protocol v2 and ``/metrics`` over starlette + orjson.
+
+Translates HTTP to plain Python and back, and maps every error to a 4xx/5xx JSON body
+``{"error": "..."}``; model logic lives in ``manymodels.dataplane``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from manymodels.codec import decode_oip_tensor, encode_oip_output
+from manymodels.dataplane import DataPlane
+from manymodels.errors import InvalidRequest, ManyModelsError, PayloadTooLarge
+from manymodels.store import validate_name
+
+log = logging.getLogger("manymodels.http")
+
+JSON = "application/json"
+BINARY_HEADER = "inference-header-content-length"
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON)
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _optional_name(kind: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{kind}' must be a string")
+    return validate_name(kind, value)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def build_http_app(plane: DataPlane) -> Starlette:
+    def limit() -> int:
+        return plane.config.limits.max_body_bytes
+
+    def guarded(handler: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ManyModelsError as exc:
+                return error_response(exc.status, str(exc))
+            except Exception as exc:  # never take the server down
+                log.exception("unhandled error on %s", request.url.path)
+                return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+        return endpoint
+
+    def path_model(request: Request) -> tuple[str, str | None]:
+        params = request.path_params
+        return (
+            validate_name("model", params["name"]),
+            _optional_name("version", params.get("version")),
+        )
+
+    # ---- /predict --------------------------------------------------------------------------
+
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        model_label = "-"
+        try:
+            body = parse_json(await read_body(request, limit()))
+            if "input_data" not in body:
+                raise InvalidRequest("missing 'input_data'")
+            model = _optional_name("model", body.get("model") or request.headers.get("x-model"))
+            version = _optional_name("version", body.get("version"))
+            model_label = plane.model_name(model)
+            name, answered, outputs = await plane.predict(model, version, body["input_data"])
+            response = json_response({"model": name, "version": answered, "outputs": outputs})
+        except ManyModelsError as exc:
+            response = error_response(exc.status, str(exc))
+        plane.metrics.observe(model_label, response.status_code, time.perf_counter() - started)
+        return response
+
+    # ---- OIP v2 ----------------------------------------------------------------------------
+
+    async def live(request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(request: Request) -> Response:
+        return json_response({"ready": True})
+
+    async def server_metadata(request: Request) -> Response:
+        return json_response(plane.server_metadata())
+
+    async def model_metadata(request: Request) -> Response:
+        model, ref = path_model(request)
+        manifest = plane.manifest(model, ref)
+        return json_response({
+            "name": model,
+            "versions": plane.catalog.versions(model),
+            "platform": manifest.platform,
+            "inputs": [_tensor_meta(t) for t in manifest.inputs],
+            "outputs": [_tensor_meta(t) for t in manifest.outputs],
+        })
+
+    async def model_ready(request: Request) -> Response:
+        model, ref = path_model(request)
+        is_ready = plane.is_ready(model, ref)
+        return json_response({"name": model, "ready": is_ready}, 200 if is_ready else 400)
+
+    async def infer(request: Request) -> Response:
+        started = time.perf_counter()
+        model, ref = path_model(request)
+        try:
+            response = await _infer(request, model, ref)
+        except ManyModelsError as exc:
+            response = error_response(exc.status, str(exc))
+        plane.metrics.observe(model, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def _infer(request: Request, model: str, ref: str | None) -> Response:
+        raw = await read_body(request, limit())
+        header_length = request.headers.get(BINARY_HEADER)
+        binary = b""
+        if header_length is not None:
+            if not header_length.isdigit() or int(header_length) > len(raw):
+                raise InvalidRequest(f"bad {BINARY_HEADER}: {header_length!r}")
+            raw, binary = raw[: int(header_length)], raw[int(header_length):]
+        body = parse_json(raw)
+        served = await plane.resolve_and_get(model, ref)
+        specs = {s.name: s for s in served.manifest.inputs}
+        tensors = body.get("inputs")
+        if not isinstance(tensors, list) or not tensors:
+            raise InvalidRequest("'inputs' must be a non-empty list")
+        inputs, offset = {}, 0
+        for tensor in tensors:
+            if not isinstance(tensor, dict) or tensor.get("name") not in specs:
+                raise InvalidRequest(
+                    f"unknown input {tensor.get('name') if isinstance(tensor, dict) else tensor!r}; "
+                    f"expected {sorted(specs)}"
+                )
+            size = (tensor.get("parameters") or {}).get("binary_data_size")
+            payload = None
+            if size is not None:
+                if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                    raise InvalidRequest(f"input '{tensor['name']}': bad binary_data_size {size!r}")
+                payload, offset = binary[offset: offset + size], offset + size
+            limits = plane.config.limits
+            inputs[tensor["name"]] = decode_oip_tensor(
+                tensor, specs[tensor["name"]], payload,
+                allow_nonfinite=served.options.allow_nonfinite, max_batch=limits.max_batch,
+            )
+        missing = set(specs) - set(inputs)
+        if missing:
+            raise InvalidRequest(f"missing input(s) {sorted(missing)}")
+        outputs = await plane.run(served, inputs)
+        return _oip_response(body, model, served.manifest.version, outputs)
+
+    # ---- repository extension --------------------------------------------------------------
+
+    async def repository_index(request: Request) -> Response:
+        return json_response(plane.repository_index())
+
+    async def repository_load(request: Request) -> Response:
+        model, _ = path_model(request)
+        await plane.load(model)
+        return json_response({})
+
+    async def repository_unload(request: Request) -> Response:
+        model, _ = path_model(request)
+        plane.unload(model)
+        return json_response({})
+
+    async def metrics(request: Request) -> Response:
+        return Response(plane.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def healthz(request: Request) -> Response:
+        return Response(b"success", media_type="text/plain")
+
+    v = "/v2/models/{name}/versions/{version}"
+    m = "/v2/models/{name}"
+    routes = [
+        Route("/predict", predict, methods=["POST"]),
+        Route(m + "/infer", guarded(infer), methods=["POST"]),
+        Route(v + "/infer", guarded(infer), methods=["POST"]),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_metadata),
+        Route(m, guarded(model_metadata)),
+        Route(v, guarded(model_metadata)),
+        Route(m + "/ready", guarded(model_ready)),
+        Route(v + "/ready", guarded(model_ready)),
+        Route("/v2/repository/index", guarded(repository_index), methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", guarded(repository_load), methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", guarded(repository_unload), methods=["POST"]),
+        Route("/metrics", metrics),
+        Route("/-/healthz", healthz),
+    ]
+    app = Starlette(routes=routes, exception_handlers={
+        404: lambda request, exc: error_response(404, f"no route {request.method} {request.url.path}"),
+        405: lambda request, exc: error_response(405, f"{request.method} not allowed here"),
+    })
+    return app
+
+
+def _tensor_meta(spec: Any) -> dict[str, Any]:
+    from manymodels.codec import NUMPY_TO_OIP
+
+    return {"name": spec.name, "datatype": NUMPY_TO_OIP[spec.dtype], "shape": spec.shape}
+
+
+def _oip_response(body: dict[str, Any], model: str, version: str, outputs: dict[str, Any]) -> Response:
+    requested = body.get("outputs")
+    default_binary = bool((body.get("parameters") or {}).get("binary_data_output", False))
+    wanted: dict[str, bool] = {}
+    if isinstance(requested, list) and requested:
+        for item in requested:
+            name = item.get("name") if isinstance(item, dict) else None
+            if name not in outputs:
+                raise InvalidRequest(f"unknown output {name!r}; the model has {sorted(outputs)}")
+            wanted[name] = bool((item.get("parameters") or {}).get("binary_data", default_binary))
+    else:
+        wanted = dict.fromkeys(outputs, default_binary)
+    entries, payloads = [], []
+    for name, binary in wanted.items():
+        entry, payload = encode_oip_output(name, outputs[name], binary)
+        entries.append(entry)
+        payloads.append(payload)
+    result: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
+    if "id" in body:
+        result["id"] = body["id"]
+    header = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not any(payloads):
+        return Response(header, media_type=JSON)
+    return Response(
+        header + b"".join(payloads),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )

@@ -1,0 +1,96 @@
+"""Prometheus metrics for one replica: requests and latency per model, and the cache's own stats.
+
+Cache counters are read from ``ModelCache.stats()`` at scrape time (a custom collector), so the hot
+path pays nothing for them. Every series carries a ``replica`` label; the Gateway concatenates the
+replicas' pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from manymodels.cache import CacheStats
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _CacheCollector(Collector):
+    def __init__(
+        self, replica: str, stats: Callable[[], CacheStats], resident: Callable[[], list[tuple[str, int]]]
+    ) -> None:
+        self._replica = replica
+        self._stats = stats
+        self._resident = resident
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        counters = {
+            "hits": ("requests served from a resident model", s.hits),
+            "misses": ("requests that had to wait for a load", s.misses),
+            "evictions": ("models evicted to make room", s.evictions),
+            "loads": ("model loads", s.loads),
+            "load_failures": ("failed model loads", s.load_failures),
+            "rejected": ("loaded models the admission policy did not keep", s.rejected),
+            "load_seconds": ("seconds spent loading models", s.load_seconds_total),
+        }
+        for name, (doc, value) in counters.items():
+            family = CounterMetricFamily(f"manymodels_cache_{name}", doc, labels=["replica"])
+            family.add_metric([self._replica], value)
+            yield family
+        gauges = {
+            "resident_bytes": ("bytes of resident models", s.resident_bytes),
+            "capacity_bytes": ("cache budget in bytes", s.capacity_bytes),
+            "entries": ("resident models", s.entries),
+            "pinned": ("pinned models", s.pinned),
+        }
+        for name, (doc, value) in gauges.items():
+            family = GaugeMetricFamily(f"manymodels_cache_{name}", doc, labels=["replica"])
+            family.add_metric([self._replica], value)
+            yield family
+        per_model = GaugeMetricFamily(
+            "manymodels_model_resident_bytes", "resident bytes per model version",
+            labels=["replica", "model", "version"],
+        )
+        for key, size in self._resident():
+            model, _, version = key.partition(":")
+            per_model.add_metric([self._replica, model, version], size)
+        yield per_model
+
+
+class Metrics:
+    def __init__(self, replica: str) -> None:
+        self.replica = replica
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "manymodels_requests", "requests by model and HTTP status",
+            ["replica", "model", "code"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "manymodels_request_seconds", "request latency by model",
+            ["replica", "model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.loads = Histogram(
+            "manymodels_model_load_seconds", "time to fetch, verify, load and warm a model",
+            ["replica", "model"], buckets=LOAD_BUCKETS, registry=self.registry,
+        )
+        self.rollout_failures = Counter(
+            "manymodels_rollout_failures", "alias moves refused because the new version failed to load",
+            ["replica", "model"], registry=self.registry,
+        )
+
+    def watch_cache(
+        self, stats: Callable[[], CacheStats], resident: Callable[[], list[tuple[str, int]]]
+    ) -> None:
+        self.registry.register(_CacheCollector(self.replica, stats, resident))
+
+    def observe(self, model: str, code: int, seconds: float) -> None:
+        self.requests.labels(self.replica, model, str(code)).inc()
+        self.latency.labels(self.replica, model).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,37 @@
+"""Runtimes: turn a verified artifact + manifest into a :class:`LoadedModel`.
+
+``load_model`` is the only entry point the cache needs; it picks the runtime from
+``manifest.runtime``. The torch runtime is imported lazily because torch is an optional extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from manymodels.errors import ModelLoadError
+from manymodels.runtimes.base import LoadedModel, RuntimeSettings, available_devices
+from manymodels.store.manifest import ModelManifest
+
+__all__ = ["LoadedModel", "RuntimeSettings", "available_devices", "load_model"]
+
+
+def load_model(
+    manifest: ModelManifest, artifact_path: Path, settings: RuntimeSettings
+) -> LoadedModel:
+    """Load one model version; raises :class:`ModelLoadError` with the model named on failure."""
+    if manifest.runtime == "onnx":
+        if manifest.format != "onnx":
+            raise ModelLoadError(
+                f"{manifest.name}:{manifest.version}: runtime onnx needs format onnx, "
+                f"got {manifest.format!r}"
+            )
+        from manymodels.runtimes.onnx import OnnxModel
+
+        return OnnxModel(manifest, Path(artifact_path), settings)
+    if manifest.runtime == "torch":
+        from manymodels.runtimes.torch import TorchModel
+
+        return TorchModel(manifest, Path(artifact_path), settings)
+    raise ModelLoadError(
+        f"{manifest.name}:{manifest.version}: unknown runtime {manifest.runtime!r}"
+    )

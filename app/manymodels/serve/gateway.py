@@ -1,0 +1,84 @@
+"""The Gateway deployment: one per node, it keeps a local HAProxy routing to every ModelServer.
+
+It polls the replica registry and reloads HAProxy only when the set of replicas changes; model
+rollouts never touch it (they travel in the ModelServer's ``user_config``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from ray import serve
+from starlette.requests import Request
+from ray.serve.handle import DeploymentHandle
+from starlette.responses import Response
+
+from manymodels.config import GATEWAY, GatewayConfig
+from manymodels.serve import registry
+from manymodels.serve.haproxy_config import render
+from manymodels.serve.haproxy_process import HAProxyProcess
+
+log = logging.getLogger("manymodels.gateway")
+POLL_S = 1.0
+
+
+@serve.deployment(name=GATEWAY, ray_actor_options={"num_cpus": 0})
+class Gateway:
+    def __init__(self, model_server: DeploymentHandle) -> None:
+        self._model_server = model_server
+        self._app = serve.get_replica_context().app_name
+        self._config: GatewayConfig | None = None
+        self._haproxy = HAProxyProcess()
+        self._replicas: list[registry.Endpoint] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="mm-gateway", daemon=True)
+        self._thread.start()
+
+    def reconfigure(self, user_config: dict) -> None:
+        config = GatewayConfig.model_validate(user_config or {})
+        with self._lock:
+            self._config = config
+            self._sync(force=True)
+
+    def _sync(self, force: bool = False) -> None:
+        if self._config is None:
+            return
+        replicas = registry.endpoints(self._app)
+        if not force and replicas == self._replicas and self._haproxy.running:
+            return
+        nbthread = int(os.environ.get("MANYMODELS_HAPROXY_THREADS", "1"))
+        self._haproxy.apply(render(self._config, replicas, nbthread=nbthread))
+        if replicas != self._replicas:
+            log.info("gateway routes to %d replica(s)", len(replicas))
+        self._replicas = replicas
+        self._haproxy.wait_listening(self._config.host, self._config.port)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                with self._lock:
+                    self._sync()
+            except Exception:  # keep watching; the next round retries
+                log.exception("gateway sync failed")
+
+    def check_health(self) -> None:
+        if self._config is not None and not self._haproxy.running:
+            raise RuntimeError("haproxy is not running")
+
+    async def __call__(self, request: Request) -> Response:
+        """Ray's own proxy lands here (the slow path, kept for Serve-native clients): forward it."""
+        status, headers, body = await self._model_server.handle_http.remote(
+            request.method, request.url.path, request.url.query, list(request.headers.items()),
+            await request.body(),
+        )
+        return Response(body, status_code=status, headers=dict(headers))
+
+    def replicas(self) -> list[tuple[str, str, int]]:
+        return [(r.replica, r.host, r.port) for r in self._replicas]
+
+    def __del__(self) -> None:
+        self._stop.set()
+        self._haproxy.stop()

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Installs the pinned chart toolchain from the Go module proxy (and one PyPI wheel for schemas) into a
+# per-user cache OUTSIDE the repo, so that CI in a fresh clone reuses it. Idempotent; fast when cached.
+#
+#   ci/chart-tools.sh            build/install whatever is missing, then print the tool paths
+#   ci/chart-tools.sh path       print the PATH fragment (bin dirs), nothing else (installs nothing)
+#   ci/chart-tools.sh env        print shell `export` lines for the tool and schema locations
+#
+# Overrides: MANYMODELS_TOOLS_DIR (cache root), PYTHON (python with pip + pyyaml), GOPROXY/GOFLAGS as usual.
+# Cold build on 2 cores: ~10-20 min (helm, helm-unittest and the lock tool share most of Go's build cache).
+set -euo pipefail
+
+HELM_VERSION=v3.21.3            # same helm as helm-unittest v1.1.2 links against: one build cache for both
+HELM_UNITTEST_VERSION=v1.1.2
+KUBECONFORM_VERSION=v0.7.0
+KUBE_LINTER_VERSION=v0.8.3
+# golang.stackrox.io is not served by every module proxy mirror; the same module is published under its
+# GitHub path too, so we download it by that path and build it from a copy (its go.mod says golang.stackrox.io).
+KUBE_LINTER_MODULE=github.com/stackrox/kube-linter
+KUBERNETES_VALIDATE_VERSION=1.35.0   # PyPI wheel with the built-in kinds' JSON schemas
+KUBE_VERSION=1.35.0                  # Kubernetes version the chart is validated against (also --kube-version)
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS=${MANYMODELS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/manymodels/tools}
+PYTHON=${PYTHON:-python3}
+export CGO_ENABLED=0
+
+HELM_DIR=$TOOLS/helm-$HELM_VERSION
+UNITTEST_DIR=$TOOLS/helm-unittest-$HELM_UNITTEST_VERSION
+KUBECONFORM_DIR=$TOOLS/kubeconform-$KUBECONFORM_VERSION
+KUBE_LINTER_DIR=$TOOLS/kube-linter-$KUBE_LINTER_VERSION
+# the lock tool is keyed on helm's version and on its own source, so an edit rebuilds it
+CHARTLOCK_SRC=$ROOT/ci/chartlock/main.go
+CHARTLOCK_KEY=$(sha256sum "$CHARTLOCK_SRC" | cut -c1-12)
+CHARTLOCK_DIR=$TOOLS/chartlock-$HELM_VERSION-$CHARTLOCK_KEY
+K8S_SCHEMA_DIR=$TOOLS/schemas/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION-v$KUBE_VERSION
+
+log() { echo "chart-tools: $*" >&2; }
+
+print_path() {
+  echo "$HELM_DIR/bin:$UNITTEST_DIR/bin:$KUBECONFORM_DIR/bin:$KUBE_LINTER_DIR/bin:$CHARTLOCK_DIR/bin"
+}
+
+print_env() {
+  cat <<EOF
+export PATH="$(print_path):\$PATH"
+export HELM_PLUGINS="$UNITTEST_DIR/plugins"
+export MANYMODELS_KUBE_VERSION="$KUBE_VERSION"
+export MANYMODELS_K8S_SCHEMAS="$K8S_SCHEMA_DIR"
+export MANYMODELS_TOOLS_DIR="$TOOLS"
+EOF
+}
+
+case "${1:-install}" in
+  path) print_path; exit 0 ;;
+  env) print_env; exit 0 ;;
+  install) ;;
+  *) echo "usage: $0 [install|path|env]" >&2; exit 2 ;;
+esac
+
+# module_dir MODULE@VERSION -> prints the module's read-only directory in Go's module cache
+module_dir() {
+  local json dir
+  json=$(go mod download -json "$1") || { log "go mod download $1 failed:"; echo "$json" >&2; return 1; }
+  dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+  if [[ -z $dir ]]; then log "module $1 not available: $json"; return 1; fi
+  echo "$dir"
+}
+
+# build_from_copy MODULE@VERSION PKG OUT [extra main.go to add as PKG] : for modules that `go install`
+# refuses (replace directives) or that must be built under another path.
+build_from_copy() {
+  local mod=$1 pkg=$2 out=$3 extra=${4:-} src work
+  src=$(module_dir "$mod")
+  work=$(mktemp -d)
+  cp -r "$src/." "$work/"
+  chmod -R u+w "$work"
+  if [[ -n $extra ]]; then mkdir -p "$work/$pkg"; cp "$extra" "$work/$pkg/main.go"; fi
+  (cd "$work" && go build -trimpath -ldflags "${LDFLAGS:-}" -o "$out" "./$pkg")
+  rm -rf "$work"
+}
+
+# install_once DIR description command... : runs the command with $STAGE as the staging dir, then
+# renames it to DIR atomically; skipped when DIR/.ok exists.
+install_once() {
+  local dir=$1 what=$2; shift 2
+  if [[ -f $dir/.ok ]]; then return 0; fi
+  log "installing $what into $dir (first time; cached afterwards)"
+  local start=$SECONDS
+  STAGE=$(mktemp -d "$TOOLS/.stage.XXXXXX")
+  export STAGE
+  "$@"
+  touch "$STAGE/.ok"
+  rm -rf "$dir"
+  mv "$STAGE" "$dir"
+  log "$what ready in $((SECONDS - start)) s"
+}
+
+mkdir -p "$TOOLS"
+
+install_helm() {
+  GOBIN=$STAGE/bin go install -trimpath -ldflags "\
+-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${KUBE_VERSION%%.*} \
+-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+install_once "$HELM_DIR" "helm $HELM_VERSION" install_helm
+
+install_unittest() {
+  mkdir -p "$STAGE/bin" "$STAGE/plugins/unittest"
+  LDFLAGS="-X github.com/helm-unittest/helm-unittest/internal/build.version=$HELM_UNITTEST_VERSION" \
+    build_from_copy "github.com/helm-unittest/helm-unittest@$HELM_UNITTEST_VERSION" cmd/helm-unittest \
+    "$STAGE/plugins/unittest/untt-linux-amd64"
+  cp "$(module_dir "github.com/helm-unittest/helm-unittest@$HELM_UNITTEST_VERSION")/plugin.yaml" \
+    "$STAGE/plugins/unittest/plugin.yaml"
+  chmod u+w "$STAGE/plugins/unittest/plugin.yaml"
+  # standalone entry point (the binary runs without helm; HELM_PLUGINS also makes `helm unittest` work)
+  ln -s ../plugins/unittest/untt-linux-amd64 "$STAGE/bin/helm-unittest"
+}
+install_once "$UNITTEST_DIR" "helm-unittest $HELM_UNITTEST_VERSION" install_unittest
+
+install_kubeconform() {
+  GOBIN=$STAGE/bin go install -trimpath "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+}
+install_once "$KUBECONFORM_DIR" "kubeconform $KUBECONFORM_VERSION" install_kubeconform
+
+install_kube_linter() {
+  mkdir -p "$STAGE/bin"
+  LDFLAGS="-X golang.stackrox.io/kube-linter/internal/version.version=${KUBE_LINTER_VERSION#v}" \
+    build_from_copy "$KUBE_LINTER_MODULE@$KUBE_LINTER_VERSION" cmd/kube-linter "$STAGE/bin/kube-linter"
+}
+install_once "$KUBE_LINTER_DIR" "kube-linter $KUBE_LINTER_VERSION" install_kube_linter
+
+# The Chart.lock tool: ci/chartlock/main.go compiled INSIDE a copy of helm's module, because helm's
+# dependency resolver (helm.sh/helm/v3/internal/resolver) is an internal package.
+install_chartlock() {
+  mkdir -p "$STAGE/bin"
+  build_from_copy "helm.sh/helm/v3@$HELM_VERSION" cmd/manymodels-chartlock "$STAGE/bin/manymodels-chartlock" \
+    "$CHARTLOCK_SRC"
+}
+install_once "$CHARTLOCK_DIR" "chartlock (helm $HELM_VERSION resolver)" install_chartlock
+
+# Built-in kinds' JSON schemas for kubeconform, from the kubernetes-validate wheel (data only: the wheel
+# is unzipped, not installed). Its schemas are standalone-strict already; we lay them out the way
+# kubeconform's -schema-location template expects: <dir>/<kind>-<group>-<version>.json.
+install_k8s_schemas() {
+  local wheels
+  wheels=$(mktemp -d)
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$wheels" \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  "$PYTHON" "$ROOT/ci/k8s_schemas.py" "$wheels"/kubernetes_validate-*.whl "v$KUBE_VERSION" "$STAGE"
+  rm -rf "$wheels"
+}
+install_once "$K8S_SCHEMA_DIR" "Kubernetes v$KUBE_VERSION schemas (kubernetes-validate $KUBERNETES_VALIDATE_VERSION)" \
+  install_k8s_schemas
+
+log "helm $("$HELM_DIR/bin/helm" version --template '{{.Version}}'), helm-unittest $HELM_UNITTEST_VERSION," \
+  "kubeconform $("$KUBECONFORM_DIR/bin/kubeconform" -v), kube-linter $("$KUBE_LINTER_DIR/bin/kube-linter" version)," \
+  "schemas: Kubernetes v$KUBE_VERSION"
+print_path

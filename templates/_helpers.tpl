@@ -1,0 +1,152 @@
+{{/* Chart name (nameOverride wins). */}}
+{{- define "manymodels.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name, also the RayService name. KubeRay derives <name>-head-svc, <name>-serve-svc and cluster
+names (<name>-<5 chars>) from it, so it is kept to 47 characters.
+*/}}
+{{- define "manymodels.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 47 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 47 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 47 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "manymodels.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades. */}}
+{{- define "manymodels.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "manymodels.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Common labels. Deliberately WITHOUT helm.sh/chart or app.kubernetes.io/version: they change on every
+chart/app version bump, and inside rayClusterConfig that would rebuild the Ray cluster for nothing.
+*/}}
+{{- define "manymodels.labels" -}}
+{{ include "manymodels.selectorLabels" . }}
+app.kubernetes.io/part-of: manymodels
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels for top-level resources (versioned: these may change freely). */}}
+{{- define "manymodels.resourceLabels" -}}
+{{ include "manymodels.labels" . }}
+helm.sh/chart: {{ include "manymodels.chart" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+
+{{- define "manymodels.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "manymodels.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image reference: repository[:tag][@digest]; tag defaults to the appVersion */}}
+{{- define "manymodels.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{- define "manymodels.pvcName" -}}
+{{- if .Values.modelStore.pvc.existingClaim }}
+{{- .Values.modelStore.pvc.existingClaim }}
+{{- else }}
+{{- printf "%s-models" (include "manymodels.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Bytes from an integer or a Kubernetes-style quantity (512Mi, 4Gi, 2G, 1500k). Serve's
+ray_actor_options.memory is in bytes.
+*/}}
+{{- define "manymodels.bytes" -}}
+{{- $v := toString . }}
+{{- $m := regexFindAll "^([0-9]+)([KMGT]i?|k)?$" $v 1 }}
+{{- if not $m }}{{ fail (printf "not a byte quantity: %q (use e.g. 536870912, 512Mi or 4Gi)" $v) }}{{ end }}
+{{- $num := regexFind "^[0-9]+" $v | atoi }}
+{{- $unit := trimPrefix (toString $num) $v }}
+{{- $mult := dict "" 1 "k" 1000 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- mul $num (get $mult $unit) }}
+{{- end }}
+
+{{/* Ray ports (KubeRay's defaults; 8000 is the public serve port, owned by the Gateway deployment). */}}
+{{- define "manymodels.ports.serve" }}8000{{ end }}
+
+{{/*
+Cross-field checks JSON Schema cannot express. Called from every template that depends on them, so
+`helm template` / `helm install` fail early with a message naming the value.
+*/}}
+{{- define "manymodels.validate" -}}
+{{- $gpuCapacity := 0 }}
+{{- $enabled := 0 }}
+{{- range $name, $g := .Values.workerGroups }}
+{{- if $g.enabled }}
+{{- $enabled = add1 $enabled }}
+{{- if gt (int $g.minReplicas) (int $g.maxReplicas) }}
+{{- fail (printf "workerGroups.%s: minReplicas (%d) must be <= maxReplicas (%d)" $name (int $g.minReplicas) (int $g.maxReplicas)) }}
+{{- end }}
+{{- if and (hasKey $g "replicas") (not (kindIs "invalid" $g.replicas)) }}
+{{- if or (lt (int $g.replicas) (int $g.minReplicas)) (gt (int $g.replicas) (int $g.maxReplicas)) }}
+{{- fail (printf "workerGroups.%s: replicas (%d) must be between minReplicas (%d) and maxReplicas (%d)" $name (int $g.replicas) (int $g.minReplicas) (int $g.maxReplicas)) }}
+{{- end }}
+{{- end }}
+{{- if and (eq (default "cpu" $g.type) "gpu") (lt (int (default 0 $g.gpus)) 1) }}
+{{- fail (printf "workerGroups.%s: a gpu group needs gpus >= 1 (got %d)" $name (int (default 0 $g.gpus))) }}
+{{- end }}
+{{- if and (eq (default "cpu" $g.type) "cpu") (gt (int (default 0 $g.gpus)) 0) }}
+{{- fail (printf "workerGroups.%s: gpus is %d but type is cpu; set type: gpu" $name (int $g.gpus)) }}
+{{- end }}
+{{- $gpuCapacity = add $gpuCapacity (mul (int (default 0 $g.gpus)) (int $g.maxReplicas)) }}
+{{- end }}
+{{- end }}
+{{- if eq $enabled 0 }}
+{{- fail "workerGroups: enable at least one worker group (the head runs no serving replicas)" }}
+{{- end }}
+{{- $ms := .Values.modelServer }}
+{{- if and (gt (float64 $ms.rayActorOptions.numGpus) 0.0) (eq $gpuCapacity 0) }}
+{{- fail (printf "modelServer.rayActorOptions.numGpus is %v but no enabled worker group has gpus" $ms.rayActorOptions.numGpus) }}
+{{- end }}
+{{- if $ms.autoscaling.enabled }}
+{{- if gt (int $ms.autoscaling.minReplicas) (int $ms.autoscaling.maxReplicas) }}
+{{- fail (printf "modelServer.autoscaling: minReplicas (%d) must be <= maxReplicas (%d)" (int $ms.autoscaling.minReplicas) (int $ms.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- end }}
+{{- if .Values.gcsFaultTolerance.enabled }}
+{{- if not .Values.gcsFaultTolerance.redisAddress }}
+{{- fail "gcsFaultTolerance.redisAddress is required when gcsFaultTolerance.enabled" }}
+{{- end }}
+{{- if not .Values.gcsFaultTolerance.redisPasswordSecret.name }}
+{{- fail "gcsFaultTolerance.redisPasswordSecret.name is required when gcsFaultTolerance.enabled" }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.upgradeStrategy.type "NewClusterWithIncrementalUpgrade") (not .Values.rayAutoscaler.enabled) }}
+{{- fail "upgradeStrategy.type NewClusterWithIncrementalUpgrade needs rayAutoscaler.enabled" }}
+{{- end }}
+{{- if and .Values.modelStore.pvc.enabled (not .Values.modelStore.pvc.create) (not .Values.modelStore.pvc.existingClaim) }}
+{{- fail "modelStore.pvc.existingClaim is required when modelStore.pvc.create is false" }}
+{{- end }}
+{{- if and (not .Values.modelStore.pvc.enabled) (not .Values.modelServer.userConfig.store.uri) }}
+{{- fail "modelServer.userConfig.store.uri is required unless modelStore.pvc.enabled (a PVC mounted at modelStore.pvc.mountPath)" }}
+{{- end }}
+{{- end }}
