@@ -89,9 +89,10 @@ class LRUPolicy(EvictionPolicy):
 
 
 class _Entry:
-    __slots__ = ("priority", "seq", "size", "cost", "hits")
+    __slots__ = ("base", "priority", "seq", "size", "cost", "hits")
 
     def __init__(self, size: int, cost: float) -> None:
+        self.base = 0.0  # L when last touched: the recency part of the priority
         self.priority = 0.0
         self.seq = 0
         self.size = max(size, 1)
@@ -114,12 +115,16 @@ class GDSFPolicy(EvictionPolicy):
         return entry.hits
 
     def _touch(self, key: str, entry: _Entry) -> None:
+        entry.base = self.inflation
         entry.priority = self.inflation + self._frequency(key, entry) * entry.cost / entry.size
         entry.seq = next(self._seq)
         heapq.heappush(self._heap, (entry.priority, entry.seq, key))
         if len(self._heap) > 4 * len(self._entries) + 64:
-            self._heap = [(e.priority, e.seq, k) for k, e in self._entries.items()]
-            heapq.heapify(self._heap)
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._heap = [(e.priority, e.seq, k) for k, e in self._entries.items()]
+        heapq.heapify(self._heap)
 
     def on_insert(self, key: str, size: int, cost: float) -> None:
         entry = _Entry(size, cost)
@@ -161,8 +166,9 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
     name = "tinylfu-gdsf"
 
     def __init__(self, *, sketch_width: int = 1 << 15, sample_factor: int = 16,
-                 min_sample: int = 1024) -> None:
+                 min_sample: int = 1024, refresh: bool = True) -> None:
         super().__init__()
+        self.refresh = refresh
         # Aging period follows the resident population (Caffeine uses 10x its maximum size): long
         # enough to rank models near the eviction margin, short enough to follow drift.
         self._sample_factor = sample_factor
@@ -171,7 +177,18 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
         self.sketch = FrequencySketch(width=sketch_width, sample_size=min_sample)
 
     def record(self, key: str) -> None:
+        resets = self.sketch.resets
         self.sketch.increment(key)
+        if self.sketch.resets != resets and self.refresh:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        # The sketch just halved: re-derive every frequency term from it, keeping each entry's
+        # recency base. Otherwise a formerly hot model keeps its old priority until L overtakes
+        # it, squatting on memory long after its traffic moved on (the LFU-DA drift problem).
+        for key, entry in self._entries.items():
+            entry.priority = entry.base + self._frequency(key, entry) * entry.cost / entry.size
+        self._rebuild()
 
     def _frequency(self, key: str, entry: _Entry) -> float:
         return max(self.sketch.estimate(key), 1)

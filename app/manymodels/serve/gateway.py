@@ -9,6 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
 
 from ray import serve
 from starlette.requests import Request
@@ -19,6 +23,7 @@ from manymodels.config import GATEWAY, GatewayConfig
 from manymodels.serve import registry
 from manymodels.serve.haproxy_config import render
 from manymodels.serve.haproxy_process import HAProxyProcess
+from manymodels.serve.metrics_merge import merge_pages
 
 log = logging.getLogger("manymodels.gateway")
 POLL_S = 1.0
@@ -34,6 +39,7 @@ class Gateway:
         self._replicas: list[registry.Endpoint] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._metrics = _MetricsServer(lambda: self._replicas)
         self._thread = threading.Thread(target=self._watch, name="mm-gateway", daemon=True)
         self._thread.start()
 
@@ -50,7 +56,9 @@ class Gateway:
         if not force and replicas == self._replicas and self._haproxy.running:
             return
         nbthread = int(os.environ.get("MANYMODELS_HAPROXY_THREADS", "1"))
-        self._haproxy.apply(render(self._config, replicas, nbthread=nbthread))
+        self._haproxy.apply(
+            render(self._config, replicas, nbthread=nbthread, metrics_port=self._metrics.port)
+        )
         if replicas != self._replicas:
             log.info("gateway routes to %d replica(s)", len(replicas))
         self._replicas = replicas
@@ -82,3 +90,35 @@ class Gateway:
     def __del__(self) -> None:
         self._stop.set()
         self._haproxy.stop()
+        self._metrics.close()
+
+
+class _MetricsServer:
+    """``/metrics`` for the whole node: every replica's page, fetched directly and merged."""
+
+    def __init__(self, replicas: Callable[[], list[registry.Endpoint]]) -> None:
+        def fetch(endpoint: registry.Endpoint) -> str:
+            try:
+                return httpx.get(f"http://{endpoint.host}:{endpoint.port}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                return ""  # a replica that is going away; the others still count
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                body = merge_pages([fetch(e) for e in replicas()]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="mm-metrics", daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -14,16 +14,26 @@ from manymodels.config import GatewayConfig
 from manymodels.serve.registry import Endpoint
 
 
-def render(config: GatewayConfig, replicas: list[Endpoint], *, nbthread: int = 1) -> str:
+def render(
+    config: GatewayConfig, replicas: list[Endpoint], *, nbthread: int = 1, metrics_port: int | None = None
+) -> str:
+    metrics = ""
+    if metrics_port:
+        metrics = f"""
+backend node_metrics
+    server gateway 127.0.0.1:{metrics_port}
+"""
     servers = "\n".join(
         f"    server {r.replica.replace('#', '_')[-60:]} {r.host}:{r.port} check"
         for r in replicas
     )
     return f"""\
 global
-    maxconn 8192
+    maxconn 4096
     nbthread {nbthread}
-    tune.bufsize {max(16384, min(config.max_body_bytes, 1048576))}
+    # Routing reads the model id from the first 64 KiB of a /predict body (put "model" first or
+    # send x-model for larger bodies); bigger buffers would cost memory on every connection.
+    tune.bufsize 65536
     hard-stop-after 120s
 
 defaults
@@ -48,6 +58,7 @@ frontend manymodels
     http-request set-var(txn.model) path,field(4,/) if !has_model_header oip_model
     http-request set-var(txn.model) req.body,json_query('$.model') if !has_model_header predict
     http-request set-header x-mm-model %[var(txn.model)] if {{ var(txn.model) -m found }}
+    {"use_backend node_metrics if { path /metrics }" if metrics_port else ""}
     default_backend replicas
 
 backend replicas
@@ -60,4 +71,4 @@ backend replicas
     retries 2
     option redispatch
 {servers}
-"""
+{metrics}"""

@@ -1,0 +1,205 @@
+{{/*
+Pieces of the RayService. Rule: nothing under rayClusterConfig may read .Values.modelServer or
+.Values.gateway (serving values), so that a model rollout changes serveConfigV2 only and KubeRay applies
+it in place (tests/chart/rayservice_test.yaml checks this).
+*/}}
+
+{{/* The Serve config (serveConfigV2), in exactly the format manymodels.config.app_settings reads. */}}
+{{- define "manymodels.serveConfig" -}}
+{{- $ms := .Values.modelServer }}
+{{- $server := deepCopy $ms.userConfig }}
+{{- $store := deepCopy (default dict $server.store) }}
+{{- if not $store.uri }}
+{{- $_ := set $store "uri" .Values.modelStore.pvc.mountPath }}
+{{- end }}
+{{- if and .Values.modelStore.diskCache.enabled (not (hasKey $store "disk_cache_dir")) }}
+{{- $_ := set $store "disk_cache_dir" .Values.modelStore.diskCache.mountPath }}
+{{- end }}
+{{- $_ := set $server "store" $store }}
+{{- if kindIs "invalid" $server.default_model }}{{ $_ := unset $server "default_model" }}{{ end }}
+{{- $actor := dict "num_cpus" $ms.rayActorOptions.numCpus }}
+{{- if $ms.rayActorOptions.numGpus }}{{ $_ := set $actor "num_gpus" $ms.rayActorOptions.numGpus }}{{ end }}
+{{- if $ms.rayActorOptions.memory }}{{ $_ := set $actor "memory" (include "manymodels.bytes" $ms.rayActorOptions.memory | int64) }}{{ end }}
+{{- $modelServer := dict "name" "ModelServer" "max_ongoing_requests" $ms.maxOngoingRequests "ray_actor_options" $actor "user_config" $server }}
+{{- if $ms.autoscaling.enabled }}
+{{- $as := $ms.autoscaling }}
+{{- $asc := dict "min_replicas" $as.minReplicas "max_replicas" $as.maxReplicas "target_ongoing_requests" $as.targetOngoingRequests "upscale_delay_s" $as.upscaleDelayS "downscale_delay_s" $as.downscaleDelayS }}
+{{- if not (kindIs "invalid" $as.initialReplicas) }}{{ $_ := set $asc "initial_replicas" $as.initialReplicas }}{{ end }}
+{{- $_ := set $modelServer "autoscaling_config" $asc }}
+{{- else }}
+{{- $_ := set $modelServer "num_replicas" $ms.numReplicas }}
+{{- end }}
+{{- $modelServer = merge $modelServer (deepCopy $ms.extraOptions) }}
+{{- $gwReplicas := .Values.gateway.numReplicas }}
+{{- if kindIs "invalid" $gwReplicas }}
+{{- $gwReplicas = 1 }}
+{{- range $name, $g := .Values.workerGroups }}{{ if $g.enabled }}{{ $gwReplicas = add $gwReplicas (int $g.minReplicas) }}{{ end }}{{ end }}
+{{- end }}
+{{- $gwConfig := merge (dict "host" "0.0.0.0" "port" (include "manymodels.ports.serve" . | int)) (deepCopy .Values.gateway.userConfig) }}
+{{- $_ := set $gwConfig "host" "0.0.0.0" }}
+{{- $_ := set $gwConfig "port" (include "manymodels.ports.serve" . | int) }}
+{{- $gateway := dict "name" "Gateway" "num_replicas" $gwReplicas "max_replicas_per_node" 1 "ray_actor_options" (dict "num_cpus" 0) "user_config" $gwConfig }}
+{{- $app := dict "name" "manymodels" "route_prefix" "/" "import_path" "manymodels.serve.app:build_app" "deployments" (list $modelServer $gateway) }}
+{{- $config := dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" .Values.rayServeProxyPort) "applications" (list $app) }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* Labels of every Ray pod (stable: no chart/app version, see manymodels.labels). */}}
+{{- define "manymodels.rayPodLabels" -}}
+{{- $root := index . 0 }}{{ $component := index . 1 }}{{ $extra := index . 2 -}}
+{{ include "manymodels.labels" $root }}
+app.kubernetes.io/component: {{ $component }}
+{{- with $root.Values.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- with $extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The Ray container + pod spec shared by head and workers: (list $root $group "head"|"worker"). */}}
+{{- define "manymodels.rayPodSpec" -}}
+{{- $root := index . 0 }}{{ $g := index . 1 }}{{ $role := index . 2 -}}
+{{- $v := $root.Values -}}
+serviceAccountName: {{ include "manymodels.serviceAccountName" $root }}
+automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml $v.podSecurityContext | nindent 2 }}
+{{- with $g.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $g.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $g.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+containers:
+  - name: ray-{{ $role }}
+    image: {{ include "manymodels.image" $root | quote }}
+    imagePullPolicy: {{ $v.image.pullPolicy }}
+    ports:
+      {{- if eq $role "head" }}
+      - {name: gcs-server, containerPort: 6379, protocol: TCP}
+      - {name: dashboard, containerPort: 8265, protocol: TCP}
+      - {name: client, containerPort: 10001, protocol: TCP}
+      {{- end }}
+      - {name: serve, containerPort: {{ include "manymodels.ports.serve" $root }}, protocol: TCP}
+      - {name: metrics, containerPort: 8080, protocol: TCP}
+    {{- $res := deepCopy $g.resources }}
+    {{- if gt (int (default 0 $g.gpus)) 0 }}
+    {{- $limits := default dict $res.limits }}
+    {{- $_ := set $limits "nvidia.com/gpu" (int $g.gpus) }}
+    {{- $_ := set $res "limits" $limits }}
+    {{- end }}
+    resources:
+      {{- toYaml $res | nindent 6 }}
+    securityContext:
+      {{- toYaml $v.securityContext | nindent 6 }}
+    {{- with $v.env }}
+    env:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    volumeMounts:
+      - {name: dshm, mountPath: /dev/shm}
+      {{- if $v.modelStore.pvc.enabled }}
+      - name: models
+        mountPath: {{ $v.modelStore.pvc.mountPath }}
+        readOnly: {{ $v.modelStore.pvc.readOnly }}
+      {{- end }}
+      {{- if $v.modelStore.diskCache.enabled }}
+      - {name: disk-cache, mountPath: {{ $v.modelStore.diskCache.mountPath }}}
+      {{- end }}
+volumes:
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ $v.shmSizeLimit }}
+  {{- if $v.modelStore.pvc.enabled }}
+  - name: models
+    persistentVolumeClaim:
+      claimName: {{ include "manymodels.pvcName" $root }}
+      readOnly: {{ $v.modelStore.pvc.readOnly }}
+  {{- end }}
+  {{- if $v.modelStore.diskCache.enabled }}
+  - name: disk-cache
+    emptyDir:
+      sizeLimit: {{ $v.modelStore.diskCache.sizeLimit }}
+  {{- end }}
+{{- end }}
+
+{{/* rayClusterConfig: cluster-level values only. */}}
+{{- define "manymodels.rayClusterConfig" -}}
+{{- $v := .Values -}}
+rayVersion: {{ $v.rayVersion | quote }}
+{{- if ne $v.rayAuth.mode "disabled" }}
+authOptions:
+  mode: {{ $v.rayAuth.mode }}
+{{- end }}
+enableInTreeAutoscaling: {{ $v.rayAutoscaler.enabled }}
+{{- if $v.rayAutoscaler.enabled }}
+autoscalerOptions:
+  {{- $opts := deepCopy $v.rayAutoscaler.options }}
+  {{- if not (hasKey $opts "securityContext") }}{{ $_ := set $opts "securityContext" $v.securityContext }}{{ end }}
+  {{- if not (hasKey $opts "imagePullPolicy") }}{{ $_ := set $opts "imagePullPolicy" $v.image.pullPolicy }}{{ end }}
+  {{- toYaml $opts | nindent 2 }}
+{{- end }}
+{{- if $v.gcsFaultTolerance.enabled }}
+gcsFaultToleranceOptions:
+  redisAddress: {{ $v.gcsFaultTolerance.redisAddress | quote }}
+  redisPassword:
+    valueFrom:
+      secretKeyRef:
+        name: {{ $v.gcsFaultTolerance.redisPasswordSecret.name }}
+        key: {{ $v.gcsFaultTolerance.redisPasswordSecret.key }}
+  {{- with $v.gcsFaultTolerance.externalStorageNamespace }}
+  externalStorageNamespace: {{ . | quote }}
+  {{- end }}
+{{- end }}
+headGroupSpec:
+  rayStartParams:
+    {{- range $k, $val := $v.head.rayStartParams }}
+    {{ $k }}: {{ toString $val | quote }}
+    {{- end }}
+  template:
+    metadata:
+      labels:
+        {{- include "manymodels.rayPodLabels" (list . "ray-head" $v.head.labels) | nindent 8 }}
+      {{- with (merge (dict) $v.head.annotations $v.podAnnotations) }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    spec:
+      {{- include "manymodels.rayPodSpec" (list . $v.head "head") | nindent 6 }}
+workerGroupSpecs:
+  {{- range $name, $g := $v.workerGroups }}
+  {{- if $g.enabled }}
+  - groupName: {{ $name }}
+    replicas: {{ default $g.minReplicas $g.replicas }}
+    minReplicas: {{ $g.minReplicas }}
+    maxReplicas: {{ $g.maxReplicas }}
+    rayStartParams:
+      {{- range $k, $val := $g.rayStartParams }}
+      {{ $k }}: {{ toString $val | quote }}
+      {{- else }} {}
+      {{- end }}
+    template:
+      metadata:
+        labels:
+          {{- include "manymodels.rayPodLabels" (list $ "ray-worker" (merge (dict "manymodels.io/worker-group" $name) (default dict $g.labels))) | nindent 10 }}
+        {{- with (merge (dict) (default dict $g.annotations) $v.podAnnotations) }}
+        annotations:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+      spec:
+        {{- include "manymodels.rayPodSpec" (list $ $g "worker") | nindent 8 }}
+  {{- end }}
+  {{- end }}
+{{- end }}

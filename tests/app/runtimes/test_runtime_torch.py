@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from manymodels.errors import InvalidRequest, ModelLoadError
+from manymodels.runtimes import RuntimeSettings, load_model
+from manymodels.runtimes import torch as torch_runtime
+from manymodels.store.manifest import ModelManifest, TensorSpec
+
+torch = pytest.importorskip("torch")
+
+CPU = RuntimeSettings(device="cpu")
+
+
+class TwoHeads(torch.nn.Module):
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(6, hidden)
+        self.head = torch.nn.Linear(hidden, 3)
+        self.register_buffer("scale", torch.full((3,), 2.0))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(torch.relu(self.body(x))) * self.scale
+        return logits, torch.softmax(logits, dim=-1)
+
+
+def manifest_for(
+    path: Path, fmt: str, outputs: tuple[str, ...] = ("logits", "probs")
+) -> ModelManifest:
+    data = path.read_bytes()
+    return ModelManifest(
+        name="tm",
+        version="1",
+        runtime="torch",
+        format=fmt,
+        artifact=path.name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        inputs=[TensorSpec(name="x", dtype="float32", shape=[-1, 6])],
+        outputs=[TensorSpec(name=o, dtype="float32", shape=[-1, 3]) for o in outputs],
+    )
+
+
+def save(module: torch.nn.Module, fmt: str, path: Path) -> Path:
+    example = (torch.randn(2, 6),)
+    if fmt == "torch_export":
+        batch = torch.export.Dim("batch")
+        program = torch.export.export(module, example, dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.script(module).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def eager() -> TwoHeads:
+    torch.manual_seed(0)
+    return TwoHeads().eval()
+
+
+@pytest.fixture(scope="module", params=["torchscript", "torch_export"])
+def artifact(request: pytest.FixtureRequest, eager: TwoHeads, tmp_path_factory) -> tuple[str, Path]:
+    fmt = request.param
+    path = save(eager, fmt, tmp_path_factory.mktemp(fmt) / "model.bin")
+    return fmt, path
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_infer_matches_eager(artifact: tuple[str, Path], eager: TwoHeads, batch: int) -> None:
+    fmt, path = artifact
+    model = load_model(manifest_for(path, fmt), path, CPU)
+    x = np.random.default_rng(batch).standard_normal((batch, 6), dtype=np.float32)
+    out = model.infer({"x": x})
+    with torch.inference_mode():
+        logits, probs = eager(torch.from_numpy(x))
+    assert list(out) == ["logits", "probs"] and model.device == "cpu"
+    np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["probs"], probs.numpy(), rtol=1e-5, atol=1e-6)
+    assert out["logits"].dtype == np.float32
+
+
+def test_read_only_input(artifact: tuple[str, Path]) -> None:
+    fmt, path = artifact
+    model = load_model(manifest_for(path, fmt), path, CPU)
+    x = np.frombuffer(np.ones(12, np.float32).tobytes(), dtype=np.float32).reshape(2, 6)
+    assert not x.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when handed a non-writable array
+        assert model.infer({"x": x})["probs"].shape == (2, 3)
+
+
+def test_memory_bytes_counts_params_and_buffers(tmp_path: Path) -> None:
+    sizes = []
+    for hidden in (4, 256):
+        module = TwoHeads(hidden).eval()
+        path = save(module, "torchscript", tmp_path / f"h{hidden}.pt")
+        model = load_model(manifest_for(path, "torchscript"), path, CPU)
+        params = sum(
+            t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
+        )
+        assert model.memory_bytes() == params + torch_runtime.MODULE_OVERHEAD_BYTES
+        sizes.append(model.memory_bytes())
+    assert sizes[0] < sizes[1]
+
+
+def test_output_count_mismatch(artifact: tuple[str, Path]) -> None:
+    fmt, path = artifact
+    model = load_model(manifest_for(path, fmt, outputs=("logits",)), path, CPU)
+    with pytest.raises(ModelLoadError, match="returned 2 outputs"):
+        model.infer({"x": np.ones((1, 6), np.float32)})
+    with pytest.raises(InvalidRequest, match="float32"):
+        model.infer({"x": np.ones((1, 6), np.float64)})
+
+
+def test_load_errors(tmp_path: Path, artifact: tuple[str, Path]) -> None:
+    fmt, path = artifact
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"PK\x03\x04 definitely not a torch archive" * 20)
+    with pytest.raises(ModelLoadError, match=f"cannot load {fmt}"):
+        load_model(manifest_for(bad, fmt), bad, CPU)
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(manifest_for(path, fmt), tmp_path / "missing.pt", CPU)
+    with pytest.raises(ModelLoadError, match="cannot load format 'onnx'"):
+        load_model(manifest_for(path, "onnx"), path, CPU)
+
+
+def test_close(artifact: tuple[str, Path]) -> None:
+    fmt, path = artifact
+    model = load_model(manifest_for(path, fmt), path, CPU)
+    model.close()
+    with pytest.raises(ModelLoadError, match="closed"):
+        model.infer({"x": np.ones((1, 6), np.float32)})
+
+
+def test_threads_set_once_per_process(artifact: tuple[str, Path], monkeypatch) -> None:
+    fmt, path = artifact
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch_runtime, "_threads_set", False)
+    try:
+        load_model(manifest_for(path, fmt), path, RuntimeSettings(device="cpu", intra_op_threads=2))
+        assert torch.get_num_threads() == 2
+        # later loads leave the process-wide pool alone
+        load_model(manifest_for(path, fmt), path, RuntimeSettings(device="cpu", intra_op_threads=1))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
