@@ -19,6 +19,7 @@ KUBE_LINTER_VERSION=v0.8.3
 KUBE_LINTER_MODULE=github.com/stackrox/kube-linter
 KUBERNETES_VALIDATE_VERSION=1.35.0   # PyPI wheel with the built-in kinds' JSON schemas
 KUBE_VERSION=1.35.0                  # Kubernetes version the chart is validated against (also --kube-version)
+PROMETHEUS_OPERATOR_VERSION=v0.85.0  # Go module whose example/prometheus-operator-crd/ gives the monitor CRDs
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=${MANYMODELS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/manymodels/tools}
@@ -34,6 +35,7 @@ CHARTLOCK_SRC=$ROOT/ci/chartlock/main.go
 CHARTLOCK_KEY=$(sha256sum "$CHARTLOCK_SRC" | cut -c1-12)
 CHARTLOCK_DIR=$TOOLS/chartlock-$HELM_VERSION-$CHARTLOCK_KEY
 K8S_SCHEMA_DIR=$TOOLS/schemas/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION-v$KUBE_VERSION
+MONITORING_SCHEMA_DIR=$TOOLS/schemas/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION
 
 log() { echo "chart-tools: $*" >&2; }
 
@@ -47,16 +49,10 @@ export PATH="$(print_path):\$PATH"
 export HELM_PLUGINS="$UNITTEST_DIR/plugins"
 export MANYMODELS_KUBE_VERSION="$KUBE_VERSION"
 export MANYMODELS_K8S_SCHEMAS="$K8S_SCHEMA_DIR"
+export MANYMODELS_MONITORING_SCHEMAS="$MONITORING_SCHEMA_DIR"
 export MANYMODELS_TOOLS_DIR="$TOOLS"
 EOF
 }
-
-case "${1:-install}" in
-  path) print_path; exit 0 ;;
-  env) print_env; exit 0 ;;
-  install) ;;
-  *) echo "usage: $0 [install|path|env]" >&2; exit 2 ;;
-esac
 
 # module_dir MODULE@VERSION -> prints the module's read-only directory in Go's module cache
 module_dir() {
@@ -66,6 +62,26 @@ module_dir() {
   if [[ -z $dir ]]; then log "module $1 not available: $json"; return 1; fi
   echo "$dir"
 }
+
+# crd_schemas OUT_DIR CRD.yaml... : kubeconform's own openapi2jsonschema.py (pinned with kubeconform),
+# files named <group>-<kind>_<version>.json for -schema-location '{{.Group}}-{{.ResourceKind}}_{{.ResourceAPIVersion}}.json'
+crd_schemas() {
+  local out=$1 script; shift
+  script=$(module_dir "github.com/yannh/kubeconform@$KUBECONFORM_VERSION")/scripts/openapi2jsonschema.py
+  mkdir -p "$out"
+  local files=() f
+  for f in "$@"; do files+=("$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"); done
+  (cd "$out" && FILENAME_FORMAT='{fullgroup}-{kind}_{version}' DENY_ROOT_ADDITIONAL_PROPERTIES=1 \
+    "$PYTHON" "$script" "${files[@]}" >/dev/null)
+}
+
+case "${1:-install}" in
+  path) print_path; exit 0 ;;
+  env) print_env; exit 0 ;;
+  crd-schemas) shift; crd_schemas "$@"; exit 0 ;;
+  install) ;;
+  *) echo "usage: $0 [install|path|env|crd-schemas OUT_DIR CRD.yaml...]" >&2; exit 2 ;;
+esac
 
 # build_from_copy MODULE@VERSION PKG OUT [extra main.go to add as PKG] : for modules that `go install`
 # refuses (replace directives) or that must be built under another path.
@@ -154,6 +170,14 @@ install_k8s_schemas() {
 }
 install_once "$K8S_SCHEMA_DIR" "Kubernetes v$KUBE_VERSION schemas (kubernetes-validate $KUBERNETES_VALIDATE_VERSION)" \
   install_k8s_schemas
+
+install_monitoring_schemas() {
+  local dir
+  dir=$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
+  crd_schemas "$STAGE" "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{podmonitors,servicemonitors}.yaml
+}
+install_once "$MONITORING_SCHEMA_DIR" "PodMonitor/ServiceMonitor schemas (prometheus-operator $PROMETHEUS_OPERATOR_VERSION)" \
+  install_monitoring_schemas
 
 log "helm $("$HELM_DIR/bin/helm" version --template '{{.Version}}'), helm-unittest $HELM_UNITTEST_VERSION," \
   "kubeconform $("$KUBECONFORM_DIR/bin/kubeconform" -v), kube-linter $("$KUBE_LINTER_DIR/bin/kube-linter" version)," \

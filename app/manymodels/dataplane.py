@@ -172,9 +172,12 @@ class DataPlane:
             try:
                 fresh = await loop.run_in_executor(self._loads, self._open_catalog, self.config)
                 for (model, ref), current in list(self._last_good.items()):
-                    version = await loop.run_in_executor(self._loads, fresh.resolve, model, ref)
-                    if version != current:
-                        await self._get(model, version)
+                    try:
+                        version = await loop.run_in_executor(self._loads, fresh.resolve, model, ref)
+                        if version != current:
+                            await self._get(model, version)
+                    except ManyModelsError as exc:  # resolve_and_get falls back to `current`
+                        log.warning("store refresh: %s %s: %s", model, ref or "latest", exc)
                 self.catalog = fresh
             except ManyModelsError as exc:
                 log.warning("store refresh: %s", exc)

@@ -165,22 +165,56 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
 
     name = "tinylfu-gdsf"
 
-    def __init__(self, *, sketch_width: int = 1 << 15, sample_factor: int = 16,
-                 min_sample: int = 1024, refresh: bool = True) -> None:
+    def __init__(self, *, sketch_width: int = 1 << 15, sample_factor: float = 32,
+                 min_sample: int = 1024, refresh: bool = True, max_count: int = 255,
+                 climb: bool = True, factor_range: tuple[float, float] = (8, 256),
+                 step: float = 1.5, shape: str = "linear") -> None:
         super().__init__()
+        import math
+        self._shape = {"linear": float, "sqrt": math.sqrt, "log": lambda f: math.log2(1 + f)}[shape]
         self.refresh = refresh
-        # Aging period follows the resident population (Caffeine uses 10x its maximum size): long
-        # enough to rank models near the eviction margin, short enough to follow drift.
-        self._sample_factor = sample_factor
+        # Aging period = factor x peak resident entries (Caffeine uses 10x its maximum size): long
+        # enough to rank models near the eviction margin, short enough to follow drift. Which is
+        # better depends on the traffic, so a hill climber moves the factor after every aging
+        # period in whichever direction last raised the hit ratio.
+        self.sample_factor = float(sample_factor)
         self._min_sample = min_sample
         self._high_water = 0
-        self.sketch = FrequencySketch(width=sketch_width, sample_size=min_sample)
+        self._climb_on = climb
+        self._factor_range = factor_range
+        self._step = step
+        self._direction = 1
+        self._last_ratio: float | None = None
+        self._period_hits = self._period_requests = 0
+        self.sketch = FrequencySketch(width=sketch_width, sample_size=min_sample,
+                                      max_count=max_count)
+
+    def _resize_sample(self) -> None:
+        self.sketch.sample_size = max(self._min_sample, int(self.sample_factor * self._high_water))
 
     def record(self, key: str) -> None:
+        self._period_requests += 1
         resets = self.sketch.resets
         self.sketch.increment(key)
-        if self.sketch.resets != resets and self.refresh:
-            self._refresh()
+        if self.sketch.resets != resets:
+            if self._climb_on:
+                self._climb()
+            if self.refresh:
+                self._refresh()
+
+    def on_hit(self, key: str) -> None:
+        self._period_hits += 1
+        super().on_hit(key)
+
+    def _climb(self) -> None:
+        ratio = self._period_hits / max(self._period_requests, 1)
+        if self._last_ratio is not None and ratio < self._last_ratio:
+            self._direction = -self._direction
+        self._last_ratio = ratio
+        self._period_hits = self._period_requests = 0
+        lo, hi = self._factor_range
+        self.sample_factor = min(hi, max(lo, self.sample_factor * self._step ** self._direction))
+        self._resize_sample()
 
     def _refresh(self) -> None:
         # The sketch just halved: re-derive every frequency term from it, keeping each entry's
@@ -191,13 +225,13 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
         self._rebuild()
 
     def _frequency(self, key: str, entry: _Entry) -> float:
-        return max(self.sketch.estimate(key), 1)
+        return self._shape(max(self.sketch.estimate(key), 1))
 
     def on_insert(self, key: str, size: int, cost: float) -> None:
         super().on_insert(key, size, cost)
         if len(self._entries) > self._high_water:
             self._high_water = len(self._entries)
-            self.sketch.sample_size = max(self._min_sample, self._sample_factor * self._high_water)
+            self._resize_sample()
 
     def admit(self, key: str, size: int, cost: float, victims: list[str]) -> bool:
         if not victims:
@@ -206,7 +240,7 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
         loss = 0.0
         for victim in victims:
             entry = self._entries[victim]
-            loss += self._frequency(victim, entry) * entry.cost
+            loss += max(self.sketch.estimate(victim), 1) * entry.cost
             if loss >= gain:
                 return False
         return True

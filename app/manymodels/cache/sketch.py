@@ -23,11 +23,15 @@ class FrequencySketch:
     """``depth`` rows of ``width`` one-byte counters; estimates are never below the true count
     (within the current aging period) and exceed it only on hash collisions."""
 
-    def __init__(self, width: int = 1 << 15, depth: int = 4, sample_size: int = 10_000) -> None:
+    def __init__(self, width: int = 1 << 15, depth: int = 4, sample_size: int = 10_000,
+                 max_count: int = _MAX_COUNT) -> None:
         if width <= 0 or width & (width - 1):
             raise ValueError(f"sketch width must be a power of two, got {width}")
         if depth < 1 or sample_size < 1:
             raise ValueError("sketch depth and sample_size must be positive")
+        if not 1 <= max_count <= _MAX_COUNT:
+            raise ValueError(f"max_count must be in 1..{_MAX_COUNT}, got {max_count}")
+        self.max_count = max_count
         self._width = width
         self._depth = depth
         self._mask = width - 1
@@ -51,7 +55,7 @@ class FrequencySketch:
         t = self._table
         idx = self._indexes(key)
         low = min(t[i] for i in idx)
-        if low >= _MAX_COUNT:
+        if low >= self.max_count:
             return
         # Conservative update: raise only the minimal counters; cuts collision overestimates.
         for i in idx:

@@ -51,7 +51,7 @@ def mlp_onnx(layers: Layers, input_name: str, output_name: str, softmax: bool = 
     nodes, inits, prev = [], [], input_name
     for i, (w, b) in enumerate(layers):
         last = i == len(layers) - 1
-        out = (output_name if not softmax else "logits") if last else f"h{i}"
+        out = (f"{output_name}_logits" if softmax else output_name) if last else f"h{i}"
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
         nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [out]))
         if not last:
@@ -124,11 +124,14 @@ def train_sentiment(hidden: int, seed: int, steps: int = 400) -> Layers:
 
 
 def mlp_widths(n: int, seed: int) -> list[int]:
-    """``n`` hidden widths spread geometrically over 32..2048 (multiples of 8), shuffled."""
+    """``n`` distinct hidden widths (multiples of 8, geometric over 32..~2048), shuffled."""
     if n <= 0:
         return []
     exps = np.linspace(0.0, 6.0, n) if n > 1 else np.zeros(1)
-    widths = [int(round(32 * 2**e / 8) * 8) for e in exps]
+    widths: list[int] = []
+    for e in exps:
+        # Rounding to multiples of 8 can collide at the low end; keep every width distinct.
+        widths.append(max(int(round(32 * 2**e / 8) * 8), widths[-1] + 8 if widths else 0))
     rng = np.random.default_rng(seed)
     return [widths[i] for i in rng.permutation(n)]
 

@@ -27,6 +27,9 @@ def open_store(
     a fresh folder under ``$TMPDIR/manymodels-disk``; set it explicitly in production so the tier
     lands on a sized volume and survives process restarts."""
     is_file = uri.startswith("file://")
+    if is_file and urlparse(uri).netloc not in ("", "localhost"):
+        # "file://models" would otherwise silently become the current directory
+        raise ValueError(f"file URI {uri!r} needs an absolute path: file:///path/to/store")
     if not _SCHEME.match(uri) or (is_file and cache_dir is None):
         return LocalStore(unquote(urlparse(uri).path) if is_file else uri)
     if cache_dir is None:

@@ -211,3 +211,15 @@ def test_concurrent_infer_and_close(tmp_path: Path) -> None:
     model.close()
     with pytest.raises(ModelLoadError, match="closed"):
         model.infer({"x": xs[0]})
+
+
+def test_device_choice(tmp_path: Path) -> None:
+    path, _ = write_model(tmp_path)
+    model = load_model(manifest_for(path), path, CPU)
+    assert model.session.get_providers() == ["CPUExecutionProvider"]
+    if "cuda" in available_devices():
+        pytest.skip("a GPU is present: the CPU fallback below cannot be observed")
+    for device in ("auto", "cuda"):  # no CUDA provider here: both land on the CPU
+        model = load_model(manifest_for(path), path, RuntimeSettings(device=device))
+        assert model.device == "cpu"
+        assert model.session.get_providers() == ["CPUExecutionProvider"]

@@ -46,8 +46,11 @@ def store_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def mem_root() -> Iterator[str]:
     """A private prefix in fsspec's process-wide memory filesystem."""
-    uri = f"memory://manymodels-test-{uuid.uuid4().hex}/store"
-    yield uri
-    fs, path = fsspec.core.url_to_fs(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    bucket = f"manymodels-test-{uuid.uuid4().hex}"
+    yield f"memory://{bucket}/store"
+    # MemoryFileSystem.rm is quadratic in the number of files; drop the prefix from its tables.
+    fs = fsspec.filesystem("memory")
+    top = f"/{bucket}"
+    for key in [k for k in fs.store if k == top or k.startswith(top + "/")]:
+        del fs.store[key]
+    fs.pseudo_dirs[:] = [d for d in fs.pseudo_dirs if not (d == top or d.startswith(top + "/"))]

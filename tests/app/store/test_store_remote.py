@@ -213,3 +213,27 @@ def test_open_store_defaults_the_disk_tier_under_tmpdir(
     assert isinstance(store, RemoteStore)
     assert store.disk.root.parent == tmp_path / "manymodels-disk"
     assert store.list_models() == []
+
+
+def test_ten_thousand_models_list_once_and_fast(mem_root: str, tmp_path: Path, monkeypatch):
+    fs, base = fsspec.core.url_to_fs(mem_root)
+    for i in range(10_000):
+        fs.pipe_file(f"{base}/model-{i:05d}/1/manifest.json", b"{}")
+    store = _remote(mem_root, tmp_path)
+    listings: list[str] = []
+    real_ls = store.fs.ls
+
+    def counting_ls(path: str, **kwargs: object):
+        listings.append(path)
+        return real_ls(path, **kwargs)
+
+    monkeypatch.setattr(store.fs, "ls", counting_ls)
+    catalog = Catalog(store)
+    start = time.perf_counter()
+    assert len(catalog.models()) == 10_000
+    for i in range(0, 10_000, 10):
+        assert store.has_model(f"model-{i:05d}")
+    assert catalog.resolve("model-00042") == "1"
+    assert len(listings) == 1
+    # generous bound: the memoised path must not rescan (a rescan per call would take minutes)
+    assert time.perf_counter() - start < 5.0

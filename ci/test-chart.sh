@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The chart's test tier (`make test-chart`): runs everything, reports each step, exits non-zero if any
+# step failed. Tools come from ci/chart-tools.sh (cached outside the repo), the KubeRay dependency from
+# ci/chart-deps.sh (offline). PYTHON must have pytest, pyyaml and the app (manymodels) importable.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export PYTHON=${PYTHON:-python3}
+FAILED=()
+step() { echo; echo "=== $*"; }
+fail() { echo "FAIL: $*" >&2; FAILED+=("$*"); }
+
+step "tools (ci/chart-tools.sh)"
+"$ROOT/ci/chart-tools.sh" >/dev/null || { echo "tool install failed" >&2; exit 1; }
+eval "$("$ROOT/ci/chart-tools.sh" env)"
+KV=$MANYMODELS_KUBE_VERSION
+helm version --template 'helm {{.Version}}'; echo
+echo "helm-unittest $(helm-unittest --version 2>/dev/null | head -1)"
+echo "kubeconform $(kubeconform -v)"; echo "kube-linter $(kube-linter version)"
+
+step "dependency (ci/chart-deps.sh) + Chart.lock in sync (helm's resolver)"
+"$ROOT/ci/chart-deps.sh" || { echo "dependency assembly failed" >&2; exit 1; }
+manymodels-chartlock -check "$ROOT" || fail "Chart.lock out of sync with Chart.yaml (run: ci/chart-deps.sh lock)"
+
+VALUES=("")
+for f in values/*.yaml ci/*-values.yaml; do VALUES+=("$f"); done
+label() { echo "${1:-defaults}"; }
+
+step "helm lint --strict (defaults, values/*.yaml, ci/*-values.yaml)"
+for f in "${VALUES[@]}"; do
+  if out=$(helm lint --strict "$ROOT" --kube-version "$KV" ${f:+-f "$f"} 2>&1); then
+    echo "ok   $(label "$f")"
+  else
+    echo "$out"; fail "helm lint $(label "$f")"
+  fi
+done
+
+step "helm-unittest (tests/chart mirrors templates/)"
+missing=0
+while IFS= read -r t; do
+  base=$(basename "$t"); base=${base%.*}
+  [[ $base == NOTES ]] && base=notes
+  if [[ ! -f tests/chart/${base}_test.yaml ]]; then echo "no tests/chart/${base}_test.yaml for $t"; missing=1; fi
+done < <(find templates -type f \( -name '*.yaml' -o -name '*.txt' \) | sort)
+[[ $missing == 0 ]] || fail "templates without a helm-unittest suite"
+helm-unittest --strict -f 'tests/chart/*_test.yaml' "$ROOT" || fail "helm-unittest"
+
+step "helm template | kubeconform -strict (offline schemas, Kubernetes $KV)"
+RENDER=$(mktemp -d)
+trap 'rm -rf "$RENDER"' EXIT
+DEP_VERSION=$(sed -n 's/^version: //p' charts/kuberay-operator/Chart.yaml)
+RAY_SCHEMAS=$MANYMODELS_TOOLS_DIR/schemas/kuberay-$DEP_VERSION
+if [[ ! -f $RAY_SCHEMAS/.ok ]]; then
+  rm -rf "$RAY_SCHEMAS"
+  "$ROOT/ci/chart-tools.sh" crd-schemas "$RAY_SCHEMAS" charts/kuberay-operator/crds/*.yaml && touch "$RAY_SCHEMAS/.ok" \
+    || fail "converting the KubeRay CRDs to JSON schemas"
+fi
+i=0
+for f in "${VALUES[@]}"; do
+  i=$((i + 1))
+  out=$RENDER/$i-$(label "$f" | tr '/' '_')
+  if ! helm template mm "$ROOT" --namespace models --kube-version "$KV" --include-crds ${f:+-f "$f"} >"$out" 2>"$out.err"; then
+    cat "$out.err"; fail "helm template $(label "$f")"; continue
+  fi
+  if kubeconform -strict -summary -kubernetes-version "$KV" \
+      -schema-location "$MANYMODELS_K8S_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+      -schema-location "$RAY_SCHEMAS/{{ .Group }}-{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
+      -schema-location "$MANYMODELS_MONITORING_SCHEMAS/{{ .Group }}-{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
+      "$out"; then
+    echo "ok   $(label "$f")"
+  else
+    fail "kubeconform $(label "$f")"
+  fi
+done
+
+step "kube-linter (ci/kube-linter.yaml; Ray pod templates linted as Pods)"
+for out in "$RENDER"/*; do
+  [[ $out == *.err || -d $out ]] && continue
+  # KubeRay builds the pods from the RayService's templates, which kube-linter cannot see inside a custom
+  # resource: write them out as plain Pods (head + each worker group) so they are linted too.
+  "$PYTHON" - "$out" <<'PY' || fail "extracting Ray pod templates from $out"
+import sys, yaml
+path = sys.argv[1]
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+pods = []
+for d in docs:
+    if d.get("kind") != "RayService":
+        continue
+    cluster = d["spec"]["rayClusterConfig"]
+    groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
+    for name, group in groups:
+        template = group["template"]
+        pods.append({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": f"{d['metadata']['name']}-{name}", "namespace": d["metadata"].get("namespace"),
+                                  "labels": template["metadata"].get("labels", {}),
+                                  "annotations": {"manymodels.io/extracted-from": f"RayService {d['metadata']['name']} {name}"}},
+                     "spec": template["spec"]})
+with open(path, "a") as f:
+    for pod in pods:
+        f.write("---\n" + yaml.safe_dump(pod, sort_keys=False))
+PY
+  if kube-linter lint --config "$ROOT/ci/kube-linter.yaml" "$out"; then
+    echo "ok   $(basename "$out")"
+  else
+    fail "kube-linter $(basename "$out")"
+  fi
+done
+
+step "packaged chart leaves out non-chart files (.helmignore)"
+if helm package "$ROOT" -d "$RENDER/pkg" >/dev/null; then
+  bad=$(tar -tzf "$RENDER"/pkg/*.tgz | grep -E '^manymodels/(app|tests|ci|bench|docs|images|\.git)/' | head -5)
+  [[ -z $bad ]] && echo "ok   $(basename "$RENDER"/pkg/*.tgz): $(tar -tzf "$RENDER"/pkg/*.tgz | wc -l) files" \
+    || { echo "$bad"; fail ".helmignore lets non-chart files into the package"; }
+else
+  fail "helm package"
+fi
+
+step "pytest tests/chart (chart <-> app contract: the app's loader reads the rendered serveConfigV2)"
+MANYMODELS_REQUIRE_HELM=1 HELM=$(command -v helm) MANYMODELS_KUBE_VERSION=$KV \
+  "$PYTHON" -m pytest -q -p no:cacheprovider "$ROOT/tests/chart" || fail "pytest tests/chart"
+
+echo
+if ((${#FAILED[@]})); then
+  echo "test-chart: ${#FAILED[@]} step(s) failed:"; printf '  - %s\n' "${FAILED[@]}"
+  exit 1
+fi
+echo "test-chart: all passed"

@@ -1,0 +1,162 @@
+"""Chart <-> app contract: the rendered serveConfigV2 is read by the app's own config loader.
+
+Renders the chart with the pinned helm (ci/chart-tools.sh) for the default values, every values/*.yaml
+and every ci/*-values.yaml, and feeds spec.serveConfigV2 to ``manymodels.config.app_settings``. Also
+checks that values.schema.json describes exactly the fields of the app's pydantic models, and that a
+model rollout changes serveConfigV2 only, never rayClusterConfig.
+
+Without helm the tests skip, unless MANYMODELS_REQUIRE_HELM=1 (ci/test-chart.sh sets it).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from manymodels import config as app_config
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBE_VERSION = os.environ.get("MANYMODELS_KUBE_VERSION", "1.35.0")
+VALUES_FILES = [None] + sorted(
+    str(p.relative_to(ROOT)) for p in [*ROOT.glob("values/*.yaml"), *ROOT.glob("ci/*-values.yaml")]
+)
+
+
+def _helm() -> str:
+    found = os.environ.get("HELM") or shutil.which("helm")
+    if not found:
+        tools = subprocess.run([str(ROOT / "ci/chart-tools.sh"), "path"], capture_output=True, text=True)
+        for folder in tools.stdout.strip().split(":"):
+            if folder and (Path(folder) / "helm").exists():
+                found = str(Path(folder) / "helm")
+                break
+    if not found:
+        if os.environ.get("MANYMODELS_REQUIRE_HELM") == "1":
+            pytest.fail("helm not found: run ci/chart-tools.sh")
+        pytest.skip("helm not installed (ci/chart-tools.sh installs it)")
+    return found
+
+
+def render(values_file: str | None = None, overrides: dict | None = None, tmp_path: Path | None = None) -> dict:
+    """helm template the RayService and return it as a dict."""
+    if not (ROOT / "charts/kuberay-operator/Chart.yaml").exists():
+        if os.environ.get("MANYMODELS_REQUIRE_HELM") == "1":
+            pytest.fail("charts/kuberay-operator missing: run ci/chart-deps.sh")
+        pytest.skip("dependency not materialised (ci/chart-deps.sh)")
+    cmd = [_helm(), "template", "t", str(ROOT), "--namespace", "models", "--kube-version", KUBE_VERSION,
+           "--show-only", "templates/rayservice.yaml"]
+    if values_file:
+        cmd += ["-f", str(ROOT / values_file)]
+    if overrides:
+        assert tmp_path is not None
+        extra = tmp_path / "overrides.yaml"
+        extra.write_text(yaml.safe_dump(overrides))
+        cmd += ["-f", str(extra)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)
+
+
+def serve_config(rayservice: dict) -> dict:
+    text = rayservice["spec"]["serveConfigV2"]
+    assert isinstance(text, str), "serveConfigV2 must be a YAML string"
+    return yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=lambda v: v or "defaults")
+def test_rendered_serve_config_is_read_by_the_app(values_file):
+    config = serve_config(render(values_file))
+    settings = app_config.app_settings(config)  # raises ValueError naming the field on any mismatch
+
+    app = config["applications"][0]
+    assert app["import_path"] == app_config.APP_IMPORT_PATH
+    assert app["route_prefix"] == "/"
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(deployments) == {app_config.MODEL_SERVER, app_config.GATEWAY}
+
+    model_server = deployments[app_config.MODEL_SERVER]
+    assert ("num_replicas" in model_server) != ("autoscaling_config" in model_server)
+    assert model_server["max_ongoing_requests"] >= 1
+    assert isinstance(model_server["ray_actor_options"].get("memory", 0), int)
+
+    gateway = deployments[app_config.GATEWAY]
+    assert gateway["max_replicas_per_node"] == 1
+    assert gateway["ray_actor_options"] == {"num_cpus": 0}
+    # the Gateway owns the public serve port KubeRay routes to; Ray's proxy sits elsewhere
+    assert settings.gateway.port == 8000 and settings.gateway.host == "0.0.0.0"
+    assert config["http_options"]["port"] != 8000
+    assert config["proxy_location"] == "EveryNode"
+    assert settings.server.store.uri
+
+
+def test_demo_config_and_chart_agree_on_shape():
+    """The chart renders the same structure as the app's own demo config (minus local placeholders)."""
+    demo = yaml.safe_load((ROOT / "app/manymodels/demo/serve_config.yaml").read_text())
+    chart = serve_config(render())
+    assert set(chart) == set(demo)
+    demo_app, chart_app = demo["applications"][0], chart["applications"][0]
+    assert {k for k in chart_app} == {k for k in demo_app}
+    assert [d["name"] for d in chart_app["deployments"]] == [d["name"] for d in demo_app["deployments"]]
+
+
+def _schema_fields(node: dict) -> set[str]:
+    return set(node.get("properties", {}))
+
+
+def _model_fields(model) -> set[str]:
+    return set(model.model_fields)
+
+
+def test_values_schema_matches_the_app_models():
+    """values.schema.json describes exactly the app's ServerConfig/GatewayConfig fields (no drift)."""
+    schema = json.loads((ROOT / "values.schema.json").read_text())
+    user = schema["properties"]["modelServer"]["properties"]["userConfig"]
+    server = app_config.ServerConfig
+    assert _schema_fields(user) == _model_fields(server)
+    nested = {"store": app_config.StoreConfig, "cache": app_config.CacheConfig, "limits": app_config.Limits,
+              "runtime": app_config.RuntimeSettings}
+    for key, model in nested.items():
+        assert _schema_fields(user["properties"][key]) == _model_fields(model), key
+    model_options = schema["definitions"]["modelOptions"]
+    assert _schema_fields(model_options) == _model_fields(app_config.ModelOptions)
+    gateway = schema["properties"]["gateway"]["properties"]["userConfig"]
+    assert _schema_fields(gateway) | {"host", "port"} == _model_fields(app_config.GatewayConfig)
+
+
+ROLLOUTS = {
+    "new version behind stable": {"modelServer": {"userConfig": {"models": {"m": {"aliases": {"stable": "2"}}}}}},
+    "canary alias": {"modelServer": {"userConfig": {"models": {"m": {"aliases": {"stable": "1", "canary": "2"}}}}}},
+    "new model + default": {"modelServer": {"userConfig": {"default_model": "new-model", "models": {"new-model": {}}}}},
+    "cache budget": {"modelServer": {"userConfig": {"cache": {"capacity_bytes": "3Gi", "pin": ["m"]}}}},
+    "replicas": {"modelServer": {"numReplicas": 5, "maxOngoingRequests": 64}},
+    "store uri": {"modelServer": {"userConfig": {"store": {"uri": "s3://bucket/other"}}}},
+}
+
+
+@pytest.mark.parametrize("change", list(ROLLOUTS), ids=list(ROLLOUTS))
+def test_model_rollout_changes_only_serve_config(change, tmp_path):
+    base_values = {"modelServer": {"userConfig": {"default_model": "m", "models": {"m": {"aliases": {"stable": "1"}}}}}}
+    before = render(overrides=base_values, tmp_path=tmp_path)
+    after_values = copy.deepcopy(base_values)
+    _merge(after_values, ROLLOUTS[change])
+    after = render(overrides=after_values, tmp_path=tmp_path)
+    assert before["spec"]["serveConfigV2"] != after["spec"]["serveConfigV2"]
+    assert before["spec"]["rayClusterConfig"] == after["spec"]["rayClusterConfig"]
+    assert {k: v for k, v in before["spec"].items() if k != "serveConfigV2"} == \
+        {k: v for k, v in after["spec"].items() if k != "serveConfigV2"}
+    app_config.app_settings(serve_config(after))
+
+
+def _merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
