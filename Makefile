@@ -26,13 +26,15 @@ lint: venv
 test-app: venv lint
 	$(PY) -m pytest tests/app -q -p no:cacheprovider
 
-test: test-app
+test: test-app test-chart
 
 bench-cache: venv
 	$(PY) bench/cache_replay.py
 
 bench-http: venv
 	$(PY) bench/http_overhead.py
+
+include ci/chart.mk
 
 clean:
 	rm -rf $(VENV) .demo

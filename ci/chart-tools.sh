@@ -108,6 +108,7 @@ install_once() {
   "$@"
   touch "$STAGE/.ok"
   rm -rf "$dir"
+  mkdir -p "$(dirname "$dir")"
   mv "$STAGE" "$dir"
   log "$what ready in $((SECONDS - start)) s"
 }
@@ -137,7 +138,8 @@ install_unittest() {
 install_once "$UNITTEST_DIR" "helm-unittest $HELM_UNITTEST_VERSION" install_unittest
 
 install_kubeconform() {
-  GOBIN=$STAGE/bin go install -trimpath "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+  GOBIN=$STAGE/bin go install -trimpath -ldflags "-X main.version=$KUBECONFORM_VERSION" \
+    "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
 }
 install_once "$KUBECONFORM_DIR" "kubeconform $KUBECONFORM_VERSION" install_kubeconform
 
@@ -165,7 +167,7 @@ install_k8s_schemas() {
   wheels=$(mktemp -d)
   "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$wheels" \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-  "$PYTHON" "$ROOT/ci/k8s_schemas.py" "$wheels"/kubernetes_validate-*.whl "v$KUBE_VERSION" "$STAGE"
+  "$PYTHON" "$ROOT/ci/k8s_schemas.py" "$wheels"/kubernetes_validate-*.whl "v$KUBE_VERSION" "$STAGE" >&2
   rm -rf "$wheels"
 }
 install_once "$K8S_SCHEMA_DIR" "Kubernetes v$KUBE_VERSION schemas (kubernetes-validate $KUBERNETES_VALIDATE_VERSION)" \

@@ -1,12 +1,14 @@
-"""Lay out the built-in Kubernetes JSON schemas of a kubernetes-validate wheel for kubeconform, offline.
+"""Lay out the built-in Kubernetes JSON schemas of a kubernetes-validate wheel for kubeconform.
 
     python ci/k8s_schemas.py WHEEL K8S_VERSION OUT_DIR
 
-The wheel carries ``kubernetes-json-schema/<version>-local-strict/<kind>-<group>-<version>.json`` files
-(``additionalProperties: false`` throughout) whose ``$ref``s point at ``/api/_definitions.json`` under an
-``https://kubernetes.io`` ``$id``. kubeconform would try to fetch those URLs, so we drop ``$id`` and make
-every ``$ref`` relative to the file's own folder. The result lands in OUT_DIR with kubeconform's naming
-(``{{ .ResourceKind }}{{ .KindSuffix }}.json``) plus ``_definitions.json``. Only the standard library.
+The wheel carries ``kubernetes-json-schema/<version>-local-strict/<kind>-<group>-<version>.json``
+files (``additionalProperties: false`` throughout) whose ``$ref``s point at
+``/api/_definitions.json`` under an ``https://kubernetes.io`` ``$id``. kubeconform would try to
+fetch those URLs, so we drop ``$id`` and make every ``$ref`` relative to the file's own folder.
+The result lands in OUT_DIR with kubeconform's naming
+(``{{ .ResourceKind }}{{ .KindSuffix }}.json``) plus ``_definitions.json``.
+Offline, standard library only.
 """
 
 from __future__ import annotations

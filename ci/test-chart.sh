@@ -16,7 +16,7 @@ step "tools (ci/chart-tools.sh)"
 eval "$("$ROOT/ci/chart-tools.sh" env)"
 KV=$MANYMODELS_KUBE_VERSION
 helm version --template 'helm {{.Version}}'; echo
-echo "helm-unittest $(helm-unittest --version 2>/dev/null | head -1)"
+echo "helm-unittest $(sed -n 's/^version: //p' "$HELM_PLUGINS/unittest/plugin.yaml" | tr -d '"')"
 echo "kubeconform $(kubeconform -v)"; echo "kube-linter $(kube-linter version)"
 
 step "dependency (ci/chart-deps.sh) + Chart.lock in sync (helm's resolver)"
@@ -59,7 +59,7 @@ fi
 i=0
 for f in "${VALUES[@]}"; do
   i=$((i + 1))
-  out=$RENDER/$i-$(label "$f" | tr '/' '_')
+  out=$RENDER/$i-$(label "$f" | tr '/' '_' | sed 's/\.yaml$//').yaml   # kubeconform reads *.yaml only
   if ! helm template mm "$ROOT" --namespace models --kube-version "$KV" --include-crds ${f:+-f "$f"} >"$out" 2>"$out.err"; then
     cat "$out.err"; fail "helm template $(label "$f")"; continue
   fi
@@ -76,13 +76,18 @@ done
 
 step "kube-linter (ci/kube-linter.yaml; Ray pod templates linted as Pods)"
 for out in "$RENDER"/*; do
-  [[ $out == *.err || -d $out ]] && continue
+  [[ $out == *.yaml ]] || continue
   # KubeRay builds the pods from the RayService's templates, which kube-linter cannot see inside a custom
   # resource: write them out as plain Pods (head + each worker group) so they are linted too.
   "$PYTHON" - "$out" <<'PY' || fail "extracting Ray pod templates from $out"
 import sys, yaml
 path = sys.argv[1]
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
+accounts = {d["metadata"]["name"] for d in docs if d.get("kind") == "ServiceAccount"}
+# Deliberate deviations, each explained (see ci/kube-linter.yaml):
+WRITABLE_ROOT = ("Ray writes under /tmp/ray and $HOME, and Ray images keep Python under /home/ray, so the root "
+                 "filesystem cannot be read-only (values: securityContext.readOnlyRootFilesystem)")
+EXTERNAL_SA = "serviceAccount.create=false: the ServiceAccount is managed outside this chart"
 pods = []
 for d in docs:
     if d.get("kind") != "RayService":
@@ -91,10 +96,15 @@ for d in docs:
     groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
     for name, group in groups:
         template = group["template"]
+        notes = {"manymodels.io/extracted-from": f"RayService {d['metadata']['name']} {name}"}
+        if any(not (c.get("securityContext") or {}).get("readOnlyRootFilesystem") for c in template["spec"]["containers"]):
+            notes["ignore-check.kube-linter.io/no-read-only-root-fs"] = WRITABLE_ROOT
+        if template["spec"].get("serviceAccountName") not in accounts:
+            notes["ignore-check.kube-linter.io/non-existent-service-account"] = EXTERNAL_SA
         pods.append({"apiVersion": "v1", "kind": "Pod",
                      "metadata": {"name": f"{d['metadata']['name']}-{name}", "namespace": d["metadata"].get("namespace"),
                                   "labels": template["metadata"].get("labels", {}),
-                                  "annotations": {"manymodels.io/extracted-from": f"RayService {d['metadata']['name']} {name}"}},
+                                  "annotations": notes},
                      "spec": template["spec"]})
 with open(path, "a") as f:
     for pod in pods:

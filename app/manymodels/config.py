@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -126,6 +126,10 @@ class GatewayConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    routing: Literal["model-hash", "leastconn", "roundrobin"] = Field(
+        default="model-hash",
+        description="model-hash: sticky per model with spill-over; the others ignore the model id",
+    )
     balance_factor: int = Field(
         default=150, ge=101, description="bounded-load consistent hashing: max load in % of the average"
     )

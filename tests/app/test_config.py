@@ -245,7 +245,9 @@ def test_demo_serve_config(demo_env: Path) -> None:
     assert settings.deployments["ModelServer"]["num_replicas"] == 2
 
 
-def test_environment_overrides_the_defaults(demo_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_overrides_the_defaults(
+    demo_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MM_PORT", "9123")
     monkeypatch.setenv("MM_HOST", "0.0.0.0")
     settings = app_settings(load_serve_config(DEMO_CONFIG))

@@ -1,9 +1,10 @@
 """Chart <-> app contract: the rendered serveConfigV2 is read by the app's own config loader.
 
-Renders the chart with the pinned helm (ci/chart-tools.sh) for the default values, every values/*.yaml
-and every ci/*-values.yaml, and feeds spec.serveConfigV2 to ``manymodels.config.app_settings``. Also
-checks that values.schema.json describes exactly the fields of the app's pydantic models, and that a
-model rollout changes serveConfigV2 only, never rayClusterConfig.
+Renders the chart with the pinned helm (ci/chart-tools.sh) for the default values, every
+values/*.yaml and every ci/*-values.yaml, and feeds spec.serveConfigV2 to
+``manymodels.config.app_settings``. Also checks that values.schema.json describes exactly the
+fields of the app's pydantic models, and that a model rollout changes serveConfigV2 only, never
+rayClusterConfig.
 
 Without helm the tests skip, unless MANYMODELS_REQUIRE_HELM=1 (ci/test-chart.sh sets it).
 """
@@ -32,7 +33,9 @@ VALUES_FILES = [None] + sorted(
 def _helm() -> str:
     found = os.environ.get("HELM") or shutil.which("helm")
     if not found:
-        tools = subprocess.run([str(ROOT / "ci/chart-tools.sh"), "path"], capture_output=True, text=True)
+        tools = subprocess.run(
+            [str(ROOT / "ci/chart-tools.sh"), "path"], capture_output=True, text=True
+        )
         for folder in tools.stdout.strip().split(":"):
             if folder and (Path(folder) / "helm").exists():
                 found = str(Path(folder) / "helm")
@@ -44,14 +47,16 @@ def _helm() -> str:
     return found
 
 
-def render(values_file: str | None = None, overrides: dict | None = None, tmp_path: Path | None = None) -> dict:
+def render(
+    values_file: str | None = None, overrides: dict | None = None, tmp_path: Path | None = None
+) -> dict:
     """helm template the RayService and return it as a dict."""
     if not (ROOT / "charts/kuberay-operator/Chart.yaml").exists():
         if os.environ.get("MANYMODELS_REQUIRE_HELM") == "1":
             pytest.fail("charts/kuberay-operator missing: run ci/chart-deps.sh")
         pytest.skip("dependency not materialised (ci/chart-deps.sh)")
-    cmd = [_helm(), "template", "t", str(ROOT), "--namespace", "models", "--kube-version", KUBE_VERSION,
-           "--show-only", "templates/rayservice.yaml"]
+    cmd = [_helm(), "template", "t", str(ROOT), "--namespace", "models",
+           "--kube-version", KUBE_VERSION, "--show-only", "templates/rayservice.yaml"]
     if values_file:
         cmd += ["-f", str(ROOT / values_file)]
     if overrides:
@@ -97,13 +102,14 @@ def test_rendered_serve_config_is_read_by_the_app(values_file):
 
 
 def test_demo_config_and_chart_agree_on_shape():
-    """The chart renders the same structure as the app's own demo config (minus local placeholders)."""
+    """The chart renders the same structure as the app's own demo config."""
     demo = yaml.safe_load((ROOT / "app/manymodels/demo/serve_config.yaml").read_text())
     chart = serve_config(render())
     assert set(chart) == set(demo)
     demo_app, chart_app = demo["applications"][0], chart["applications"][0]
     assert {k for k in chart_app} == {k for k in demo_app}
-    assert [d["name"] for d in chart_app["deployments"]] == [d["name"] for d in demo_app["deployments"]]
+    names = [d["name"] for d in chart_app["deployments"]]
+    assert names == [d["name"] for d in demo_app["deployments"]]
 
 
 def _schema_fields(node: dict) -> set[str]:
@@ -115,13 +121,14 @@ def _model_fields(model) -> set[str]:
 
 
 def test_values_schema_matches_the_app_models():
-    """values.schema.json describes exactly the app's ServerConfig/GatewayConfig fields (no drift)."""
+    """values.schema.json describes exactly the app's ServerConfig/GatewayConfig fields."""
     schema = json.loads((ROOT / "values.schema.json").read_text())
     user = schema["properties"]["modelServer"]["properties"]["userConfig"]
     server = app_config.ServerConfig
     assert _schema_fields(user) == _model_fields(server)
-    nested = {"store": app_config.StoreConfig, "cache": app_config.CacheConfig, "limits": app_config.Limits,
-              "runtime": app_config.RuntimeSettings}
+    nested = {"store": app_config.StoreConfig, "cache": app_config.CacheConfig,
+              "limits": app_config.Limits, "runtime": app_config.RuntimeSettings,
+              "http": app_config.ListenConfig}
     for key, model in nested.items():
         assert _schema_fields(user["properties"][key]) == _model_fields(model), key
     model_options = schema["definitions"]["modelOptions"]
@@ -130,27 +137,34 @@ def test_values_schema_matches_the_app_models():
     assert _schema_fields(gateway) | {"host", "port"} == _model_fields(app_config.GatewayConfig)
 
 
+def _user_config(**fields) -> dict:
+    return {"modelServer": {"userConfig": fields}}
+
+
+BASELINE = _user_config(default_model="m", models={"m": {"aliases": {"stable": "1"}}})
 ROLLOUTS = {
-    "new version behind stable": {"modelServer": {"userConfig": {"models": {"m": {"aliases": {"stable": "2"}}}}}},
-    "canary alias": {"modelServer": {"userConfig": {"models": {"m": {"aliases": {"stable": "1", "canary": "2"}}}}}},
-    "new model + default": {"modelServer": {"userConfig": {"default_model": "new-model", "models": {"new-model": {}}}}},
-    "cache budget": {"modelServer": {"userConfig": {"cache": {"capacity_bytes": "3Gi", "pin": ["m"]}}}},
+    "new version behind stable": _user_config(models={"m": {"aliases": {"stable": "2"}}}),
+    "canary alias": _user_config(models={"m": {"aliases": {"stable": "1", "canary": "2"}}}),
+    "new model + default": _user_config(default_model="new-model", models={"new-model": {}}),
+    "cache budget": _user_config(cache={"capacity_bytes": "3Gi", "pin": ["m"]}),
+    "store uri": _user_config(store={"uri": "s3://bucket/other"}),
     "replicas": {"modelServer": {"numReplicas": 5, "maxOngoingRequests": 64}},
-    "store uri": {"modelServer": {"userConfig": {"store": {"uri": "s3://bucket/other"}}}},
 }
 
 
 @pytest.mark.parametrize("change", list(ROLLOUTS), ids=list(ROLLOUTS))
 def test_model_rollout_changes_only_serve_config(change, tmp_path):
-    base_values = {"modelServer": {"userConfig": {"default_model": "m", "models": {"m": {"aliases": {"stable": "1"}}}}}}
-    before = render(overrides=base_values, tmp_path=tmp_path)
-    after_values = copy.deepcopy(base_values)
+    before = render(overrides=BASELINE, tmp_path=tmp_path)
+    after_values = copy.deepcopy(BASELINE)
     _merge(after_values, ROLLOUTS[change])
     after = render(overrides=after_values, tmp_path=tmp_path)
     assert before["spec"]["serveConfigV2"] != after["spec"]["serveConfigV2"]
     assert before["spec"]["rayClusterConfig"] == after["spec"]["rayClusterConfig"]
-    assert {k: v for k, v in before["spec"].items() if k != "serveConfigV2"} == \
-        {k: v for k, v in after["spec"].items() if k != "serveConfigV2"}
+
+    def rest(rayservice: dict) -> dict:
+        return {k: v for k, v in rayservice["spec"].items() if k != "serveConfigV2"}
+
+    assert rest(before) == rest(after)
     app_config.app_settings(serve_config(after))
 
 

@@ -17,6 +17,13 @@ from manymodels.serve.registry import Endpoint
 def render(
     config: GatewayConfig, replicas: list[Endpoint], *, nbthread: int = 1, metrics_port: int | None = None
 ) -> str:
+    if config.routing == "model-hash":
+        balance = (
+            "    balance hdr(x-mm-model)\n    hash-type consistent\n"
+            f"    hash-balance-factor {config.balance_factor}"
+        )
+    else:
+        balance = f"    balance {config.routing}"
     metrics = ""
     if metrics_port:
         metrics = f"""
@@ -62,9 +69,7 @@ frontend manymodels
     default_backend replicas
 
 backend replicas
-    balance hdr(x-mm-model)
-    hash-type consistent
-    hash-balance-factor {config.balance_factor}
+{balance}
     option httpchk GET /-/healthz
     default-server inter {config.health_interval_ms} fall 2 rise 1
     retry-on conn-failure empty-response

@@ -1,0 +1,215 @@
+"""The Gateway's HAProxy: the rendered configuration passes ``haproxy -c``, and a real HAProxy in
+front of two tiny HTTP servers routes each model to one server while spreading models across both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from manymodels.config import GatewayConfig
+from manymodels.serve.haproxy_config import render
+from manymodels.serve.haproxy_process import HAProxyProcess, haproxy_binary
+from manymodels.serve.registry import Endpoint
+
+try:
+    haproxy_binary()
+except FileNotFoundError:  # pragma: no cover - ray[serve] ships one
+    pytest.skip("no haproxy binary", allow_module_level=True)
+
+HASH_LINES = ("balance hdr(x-mm-model)", "hash-type consistent", "hash-balance-factor 150")
+MODELS = [f"model-{i:02d}" for i in range(24)]
+
+
+def endpoints(n: int) -> list[Endpoint]:
+    # Replica ids as Ray Serve makes them (unique_id), one with a '#' as in full replica tags.
+    names = ["t5n9x2aq", "app#ModelServer#b81kz0", "qq0p3m1c"]
+    return [Endpoint(names[i], "127.0.0.1", 20000 + i) for i in range(n)]
+
+
+@pytest.fixture
+def checker(tmp_path: Path) -> HAProxyProcess:
+    return HAProxyProcess(workdir=str(tmp_path / "haproxy"))
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_render_passes_haproxy_check(checker: HAProxyProcess, n: int) -> None:
+    config = GatewayConfig(port=8123, balance_factor=150)
+    text = render(config, endpoints(n))
+    checker.check(text)
+    lines = [line.strip() for line in text.splitlines()]
+    for expected in HASH_LINES:
+        assert expected in lines
+    servers = [line for line in lines if line.startswith("server ")]
+    assert len(servers) == n
+    for line, endpoint in zip(servers, endpoints(n), strict=True):
+        assert line.endswith(f"{endpoint.host}:{endpoint.port} check")
+        assert "#" not in line
+    assert "bind 127.0.0.1:8123" in lines
+
+
+def test_render_settings(checker: HAProxyProcess) -> None:
+    config = GatewayConfig(host="0.0.0.0", port=9000, balance_factor=125, max_body_bytes="1Mi",
+                           health_interval_ms=250)
+    text = render(config, endpoints(3), nbthread=4)
+    checker.check(text)
+    assert "hash-balance-factor 125" in text
+    assert "nbthread 4" in text
+    assert "default-server inter 250 " in text
+    assert "gt 1048576" in text and "1048576-byte limit" in text
+
+
+@pytest.mark.parametrize("routing", ["leastconn", "roundrobin"])
+def test_render_other_routing(checker: HAProxyProcess, routing: str) -> None:
+    text = render(GatewayConfig(routing=routing), endpoints(3))
+    checker.check(text)
+    assert f"balance {routing}" in text
+    assert "hash-type consistent" not in text
+
+
+def test_render_with_the_metrics_backend(checker: HAProxyProcess) -> None:
+    text = render(GatewayConfig(), endpoints(1), metrics_port=9100)
+    checker.check(text)
+    assert "server gateway 127.0.0.1:9100" in text
+    assert "use_backend node_metrics if { path /metrics }" in text
+
+
+def test_check_refuses_a_broken_configuration(checker: HAProxyProcess) -> None:
+    with pytest.raises(ValueError, match="invalid HAProxy configuration"):
+        checker.check(render(GatewayConfig(), endpoints(1)).replace("hash-type", "hash-kind"))
+
+
+# ---- a real HAProxy -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backend(server_id: str) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        wbufsize = 1 << 16  # headers and body in one write (no delayed-ACK stalls)
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            if length:
+                self.rfile.read(length)
+            if self.path == "/-/healthz":
+                body = b"success"
+            else:
+                body = json.dumps(
+                    {"server": server_id, "model": self.headers.get("x-mm-model")}
+                ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer  # noqa: N815
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, Endpoint]]:
+    servers = {name: backend(name) for name in ("a", "b")}
+    yield {name: Endpoint(f"replica-{name}", "127.0.0.1", s.server_address[1])
+           for name, s in servers.items()}
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+    except OSError:
+        return False
+
+
+def test_haproxy_routes_each_model_to_one_replica(tmp_path: Path,
+                                                  backends: dict[str, Endpoint]) -> None:
+    port = free_port()
+    config = GatewayConfig(host="127.0.0.1", port=port, health_interval_ms=100,
+                           max_body_bytes="4Ki")
+    proc = HAProxyProcess(workdir=str(tmp_path / "haproxy"))
+    try:
+        proc.apply(render(config, sorted(backends.values())))
+        proc.wait_listening("127.0.0.1", port)
+        assert proc.running
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as client:
+
+            def ask(path: str = "/v2/health/ready", **kwargs: object) -> dict[str, str]:
+                method = "POST" if "json" in kwargs or "content" in kwargs else "GET"
+                response = client.request(method, path, **kwargs)  # type: ignore[arg-type]
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            placement: dict[str, str] = {}
+            for model in MODELS:
+                answers = [ask(headers={"x-model": model}) for _ in range(3)]
+                assert {a["model"] for a in answers} == {model}
+                servers = {a["server"] for a in answers}
+                assert len(servers) == 1, f"{model} landed on {servers}"
+                placement[model] = servers.pop()
+            assert set(placement.values()) == {"a", "b"}, placement
+
+            # The model id also comes from the OIP path and from the /predict body.
+            for model in MODELS[:6]:
+                oip = ask(f"/v2/models/{model}/versions/1/infer", json={"inputs": []})
+                assert oip == {"server": placement[model], "model": model}
+                predict = ask("/predict", json={"model": model, "input_data": [1, 2]})
+                assert predict == {"server": placement[model], "model": model}
+
+            # Without a model id: round robin over both.
+            anonymous = {ask("/predict", json={"input_data": "x"})["server"] for _ in range(6)}
+            assert anonymous == {"a", "b"}
+
+            assert client.get("/-/healthz").text == "success"
+            too_big = client.post("/predict", content=b"x" * 5000)
+            assert too_big.status_code == 413
+            assert too_big.json() == {"error": "request body exceeds the 4096-byte limit"}
+
+            # A reload with one replica left sends every model there.
+            proc.apply(render(config, [backends["b"]]))
+            moved = [m for m, s in placement.items() if s == "a"]
+            deadline = time.monotonic() + 10
+            while ask(headers={"x-model": moved[0]})["server"] != "b":
+                assert time.monotonic() < deadline, "the reload never took effect"
+                time.sleep(0.05)
+            assert {ask(headers={"x-model": m})["server"] for m in MODELS} == {"b"}
+
+        assert proc._proc is not None
+        pid = proc._proc.pid
+    finally:
+        proc.stop()
+
+    assert not proc.running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    deadline = time.monotonic() + 5
+    while port_open(port):
+        assert time.monotonic() < deadline, "haproxy still listens after stop()"
+        time.sleep(0.05)
+    proc.stop()  # idempotent
