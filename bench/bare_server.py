@@ -40,12 +40,21 @@ def main() -> None:
         single = array.ndim == 1
         outputs = session.run(None, {input_name: array[None] if single else array})
         result = {"logits": (outputs[0][0] if single else outputs[0]).tolist()}
-        return Response(orjson.dumps({"model": body["model"], "version": "1", "outputs": result}),
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({"model": body["model"], "version": "1", "outputs": result}),
+            media_type="application/json",
+        )
 
     app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                http="httptools", loop="uvloop")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+    )
 
 
 if __name__ == "__main__":

@@ -64,25 +64,47 @@ def zipf_ranks(rng: np.random.Generator, n: int, alpha: float, length: int) -> n
     return rng.choice(n, size=length, p=p / p.sum())
 
 
-def stationary(rng: np.random.Generator, n: int, length: int, alpha: float,
-               frac: float) -> Scenario:
+def stationary(
+    rng: np.random.Generator, n: int, length: int, alpha: float, frac: float
+) -> Scenario:
     perm = rng.permutation(n)  # rank -> model id, so ids carry no popularity order
     c = int(n * frac)
-    return Scenario(f"zipf a={alpha} cap={frac:.0%}", "stationary",
-                    perm[zipf_ranks(rng, n, alpha, length)], np.ones(n, np.int64), np.ones(n),
-                    c, c, top=perm[:c])
+    return Scenario(
+        f"zipf a={alpha} cap={frac:.0%}",
+        "stationary",
+        perm[zipf_ranks(rng, n, alpha, length)],
+        np.ones(n, np.int64),
+        np.ones(n),
+        c,
+        c,
+        top=perm[:c],
+    )
 
 
-def drift(rng: np.random.Generator, n: int, length: int, alpha: float, frac: float,
-          phases: int, shift: int) -> Scenario:
+def drift(
+    rng: np.random.Generator,
+    n: int,
+    length: int,
+    alpha: float,
+    frac: float,
+    phases: int,
+    shift: int,
+) -> Scenario:
     # Every length/phases requests all ranks move up by `shift`: the `shift` hottest models drop
     # to the cold tail and models from deep in the catalog become hot.
     perm = rng.permutation(n)
     phase = np.arange(length) * phases // length
     ranks = (zipf_ranks(rng, n, alpha, length) + phase * shift) % n
     c = int(n * frac)
-    return Scenario(f"drift a={alpha} cap={frac:.0%} shift={shift}x{phases}", "drift",
-                    perm[ranks], np.ones(n, np.int64), np.ones(n), c, c)
+    return Scenario(
+        f"drift a={alpha} cap={frac:.0%} shift={shift}x{phases}",
+        "drift",
+        perm[ranks],
+        np.ones(n, np.int64),
+        np.ones(n),
+        c,
+        c,
+    )
 
 
 def sized(rng: np.random.Generator, n: int, length: int, alpha: float, frac: float) -> Scenario:
@@ -91,8 +113,15 @@ def sized(rng: np.random.Generator, n: int, length: int, alpha: float, frac: flo
     sizes = np.maximum(rng.lognormal(np.log(100 * MB), 1.2, n), MB).astype(np.int64)
     capacity = int(sizes.sum() * frac)
     trace = rng.permutation(n)[zipf_ranks(rng, n, alpha, length)]
-    return Scenario(f"sized a={alpha} cap={frac:.0%} of bytes", "sized", trace, sizes,
-                    sizes / BANDWIDTH, capacity, int(capacity / sizes.mean()))
+    return Scenario(
+        f"sized a={alpha} cap={frac:.0%} of bytes",
+        "sized",
+        trace,
+        sizes,
+        sizes / BANDWIDTH,
+        capacity,
+        int(capacity / sizes.mean()),
+    )
 
 
 class FakeClock:
@@ -133,8 +162,9 @@ def replay(sc: Scenario, policy: str, *, by_count: bool = False) -> Result:
     st = cache.stats()
     total_bytes = int(sc.sizes[sc.trace].sum())
     name = f"{policy} (by count, C={sc.count})" if by_count else policy
-    return Result(sc.name, name, st.hits / len(sc.trace), 1 - missed[0] / total_bytes,
-                  st.load_seconds_total)
+    return Result(
+        sc.name, name, st.hits / len(sc.trace), 1 - missed[0] / total_bytes, st.load_seconds_total
+    )
 
 
 def oracle(sc: Scenario) -> Result:
@@ -152,8 +182,13 @@ def oracle(sc: Scenario) -> Result:
         load += costs[x]
         if x in top:
             resident.add(x)
-    return Result(sc.name, f"top-C oracle (C={sc.count})", hits / len(sc.trace),
-                  1 - missed_bytes / int(sc.sizes[sc.trace].sum()), load)
+    return Result(
+        sc.name,
+        f"top-C oracle (C={sc.count})",
+        hits / len(sc.trace),
+        1 - missed_bytes / int(sc.sizes[sc.trace].sum()),
+        load,
+    )
 
 
 def next_uses(trace: np.ndarray) -> np.ndarray:
@@ -211,8 +246,13 @@ def belady(sc: Scenario) -> Result:
         used += size
         heapq.heappush(heap, (-nx, x))
     total = int(sc.sizes[sc.trace].sum())
-    return Result(sc.name, "Belady" if sc.kind != "sized" else "Belady-size (approx.)",
-                  hits / len(sc.trace), 1 - missed_bytes / total, load)
+    return Result(
+        sc.name,
+        "Belady" if sc.kind != "sized" else "Belady-size (approx.)",
+        hits / len(sc.trace),
+        1 - missed_bytes / total,
+        load,
+    )
 
 
 def scenarios(rng: np.random.Generator, n: int, length: int) -> list[Scenario]:
@@ -251,8 +291,11 @@ def table(rows: list[Result]) -> str:
     refs: dict[tuple[str, str], Result] = {}
     for r in rows:
         refs[(r.scenario, r.policy.split(" ")[0])] = r
-    lines = ["| scenario | policy | hit ratio | byte hit ratio | load-s | hit / oracle | "
-             "hit / Belady | load-s / LRU | load-s / GDSF |", "|" + "---|" * 9]
+    lines = [
+        "| scenario | policy | hit ratio | byte hit ratio | load-s | hit / oracle | "
+        "hit / Belady | load-s / LRU | load-s / GDSF |",
+        "|" + "---|" * 9,
+    ]
 
     def ratio(a: float, ref: Result | None, attr: str) -> str:
         return f"{a / getattr(ref, attr):.3f}" if ref and getattr(ref, attr) else "-"
@@ -265,7 +308,8 @@ def table(rows: list[Result]) -> str:
             f"{r.load_seconds:,.0f} | {ratio(r.hit_ratio, top, 'hit_ratio')} | "
             f"{ratio(r.hit_ratio, bel, 'hit_ratio')} | "
             f"{ratio(r.load_seconds, refs.get((r.scenario, 'lru')), 'load_seconds')} | "
-            f"{ratio(r.load_seconds, refs.get((r.scenario, 'gdsf')), 'load_seconds')} |")
+            f"{ratio(r.load_seconds, refs.get((r.scenario, 'gdsf')), 'load_seconds')} |"
+        )
     return "\n".join(lines)
 
 
@@ -292,13 +336,20 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| target | measured | limit | result |\n|---|---|---|---|")
     for name, value, limit, ok in checks:
         print(f"| {name} | {value:.3f} | {limit} | {'PASS' if ok else 'FAIL'} |")
-    print(f"\n{sum(ok for *_, ok in checks)}/{len(checks)} targets met; "
-          f"{time.perf_counter() - started:.1f} s")
+    print(
+        f"\n{sum(ok for *_, ok in checks)}/{len(checks)} targets met; "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"rows": [asdict(r) for r in rows],
-                       "checks": [dict(zip(("target", "value", "limit", "ok"), c))
-                                  for c in checks]}, fh, indent=1)
+            json.dump(
+                {
+                    "rows": [asdict(r) for r in rows],
+                    "checks": [dict(zip(("target", "value", "limit", "ok"), c)) for c in checks],
+                },
+                fh,
+                indent=1,
+            )
     return 0
 
 

@@ -31,8 +31,9 @@ class Result:
         return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
 
 
-def post_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None
-                 ) -> bytes:
+def post_request(
+    host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> bytes:
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -40,8 +41,15 @@ def post_request(host: str, port: int, path: str, body: bytes, headers: dict[str
     ).encode() + body
 
 
-async def _worker(host: str, port: int, requests: Iterator[bytes], until: float, result: Result,
-                  watch: str | None, record: bool) -> None:
+async def _worker(
+    host: str,
+    port: int,
+    requests: Iterator[bytes],
+    until: float,
+    result: Result,
+    watch: str | None,
+    record: bool,
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < until:
@@ -69,24 +77,44 @@ async def _worker(host: str, port: int, requests: Iterator[bytes], until: float,
         writer.close()
 
 
-async def _run(host: str, port: int, make: Callable[[int], Iterator[bytes]], clients: int,
-               seconds: float, warmup: float, watch: str | None) -> Result:
+async def _run(
+    host: str,
+    port: int,
+    make: Callable[[int], Iterator[bytes]],
+    clients: int,
+    seconds: float,
+    warmup: float,
+    watch: str | None,
+) -> Result:
     if warmup:
-        await asyncio.gather(*[
-            _worker(host, port, make(i), time.perf_counter() + warmup, Result(), None, False)
-            for i in range(clients)
-        ])
+        await asyncio.gather(
+            *[
+                _worker(host, port, make(i), time.perf_counter() + warmup, Result(), None, False)
+                for i in range(clients)
+            ]
+        )
     result = Result()
     started = time.perf_counter()
-    await asyncio.gather(*[
-        _worker(host, port, make(i), started + seconds, result, watch, True) for i in range(clients)
-    ])
+    await asyncio.gather(
+        *[
+            _worker(host, port, make(i), started + seconds, result, watch, True)
+            for i in range(clients)
+        ]
+    )
     result.seconds = time.perf_counter() - started
     return result
 
 
-def run_load(host: str, port: int, bodies: list[bytes], *, clients: int, seconds: float,
-             warmup: float = 1.0, watch: str | None = None) -> Result:
+def run_load(
+    host: str,
+    port: int,
+    bodies: list[bytes],
+    *,
+    clients: int,
+    seconds: float,
+    warmup: float = 1.0,
+    watch: str | None = None,
+) -> Result:
     """``bodies`` are whole request bytes; each client cycles through them from its own offset."""
 
     def make(i: int) -> Iterator[bytes]:

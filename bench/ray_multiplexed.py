@@ -19,8 +19,9 @@ from starlette.responses import Response
 
 
 def build(root: str, models_per_replica: int, replicas: int) -> Application:
-    @serve.deployment(num_replicas=replicas, max_ongoing_requests=64,
-                      ray_actor_options={"num_cpus": 0.5})
+    @serve.deployment(
+        num_replicas=replicas, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5}
+    )
     class Multiplexed:
         def __init__(self) -> None:
             self._root = Path(root)
@@ -46,7 +47,8 @@ def build(root: str, models_per_replica: int, replicas: int) -> Application:
             outputs = session.run(None, {input_name: array[None]})
             return Response(
                 orjson.dumps({"model": body["model"], "outputs": outputs[0][0].tolist()}),
-                media_type="application/json", headers={"x-loads": f"{self._id}={self._loads}"},
+                media_type="application/json",
+                headers={"x-loads": f"{self._id}={self._loads}"},
             )
 
     return Multiplexed.bind()

@@ -6,6 +6,7 @@ NaN/inf), so ``/predict`` and ``/v2/.../infer`` refuse the same things with the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,11 +17,23 @@ from manymodels.store.manifest import TensorSpec
 
 # OIP datatype <-> numpy dtype name (the manifest uses numpy names).
 OIP_TO_NUMPY = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
-    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "bytes",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "bytes",
 }
 NUMPY_TO_OIP = {v: k for k, v in OIP_TO_NUMPY.items()}
+# A declared shape larger than this is refused before any allocation (2**31 elements).
+MAX_ELEMENTS = 2**31
 
 
 def oip_datatype(array: np.ndarray) -> str:
@@ -67,10 +80,19 @@ def _to_array(value: Any, spec: TensorSpec) -> np.ndarray:
         raise InvalidRequest(
             f"input '{spec.name}': expected numbers of type {spec.dtype}, got {array.dtype.kind!r} data"
         )
-    if array.dtype.kind == "f" and np.dtype(spec.dtype).kind in "iub":
-        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
-            raise InvalidRequest(f"input '{spec.name}': expected integers ({spec.dtype})")
-    return array.astype(spec.dtype, copy=False)
+    target = np.dtype(spec.dtype)
+    if (array.dtype.kind == "f" and target.kind in "iub") and (
+        not np.isfinite(array).all() or not np.array_equal(array, np.round(array))
+    ):
+        raise InvalidRequest(f"input '{spec.name}': expected integers ({spec.dtype})")
+    if target.kind in "iu" and array.size:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidRequest(
+                f"input '{spec.name}': values outside the range of {spec.dtype} "
+                f"[{info.min}, {info.max}]"
+            )
+    return array.astype(target, copy=False)
 
 
 def decode_input_data(
@@ -90,7 +112,9 @@ def decode_input_data(
         raise InvalidRequest(f"this model has several inputs ({names}): send {{name: values}}")
     unknown = set(values) - {s.name for s in specs}
     if unknown:
-        raise InvalidRequest(f"unknown input(s) {sorted(unknown)}; expected {[s.name for s in specs]}")
+        raise InvalidRequest(
+            f"unknown input(s) {sorted(unknown)}; expected {[s.name for s in specs]}"
+        )
     inputs: dict[str, np.ndarray] = {}
     single = False
     for spec in specs:
@@ -110,13 +134,19 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], unbatch: bool) -> dict[str
 
 
 def decode_oip_tensor(
-    tensor: Mapping[str, Any], spec: TensorSpec, binary: bytes | None, *, allow_nonfinite: bool,
+    tensor: Mapping[str, Any],
+    spec: TensorSpec,
+    binary: bytes | None,
+    *,
+    allow_nonfinite: bool,
     max_batch: int,
 ) -> np.ndarray:
     """One OIP request input (JSON ``data`` or a binary-extension payload) -> validated array."""
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InvalidRequest(f"input '{spec.name}': 'shape' must be a list of non-negative integers")
+        raise InvalidRequest(
+            f"input '{spec.name}': 'shape' must be a list of non-negative integers"
+        )
     datatype = tensor.get("datatype")
     if datatype not in OIP_TO_NUMPY:
         raise InvalidRequest(f"input '{spec.name}': unknown datatype {datatype!r}")
@@ -125,7 +155,9 @@ def decode_oip_tensor(
             f"input '{spec.name}': datatype {datatype} does not match the model's "
             f"{NUMPY_TO_OIP.get(spec.dtype, spec.dtype)}"
         )
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # Python ints: a huge shape must not wrap around to a small count
+    if count > MAX_ELEMENTS:
+        raise InvalidRequest(f"input '{spec.name}': shape {shape} has too many elements")
     if binary is not None:
         dtype = np.dtype(spec.dtype)
         if len(binary) != count * dtype.itemsize:
@@ -148,7 +180,11 @@ def decode_oip_tensor(
 
 def encode_oip_output(name: str, value: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes]:
     """-> (the JSON part, binary payload or b'' when sent as JSON data)."""
-    entry: dict[str, Any] = {"name": name, "datatype": oip_datatype(value), "shape": list(value.shape)}
+    entry: dict[str, Any] = {
+        "name": name,
+        "datatype": oip_datatype(value),
+        "shape": list(value.shape),
+    }
     if binary and entry["datatype"] != "BYTES":
         payload = np.ascontiguousarray(value).tobytes()
         entry["parameters"] = {"binary_data_size": len(payload)}

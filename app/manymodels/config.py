@@ -9,6 +9,7 @@ change while serving (catalog location, aliases, cache budget, default model) li
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -18,25 +19,35 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from manymodels.cache import DEFAULT_POLICY, POLICIES
+from manymodels.errors import InvalidName
 from manymodels.runtimes import RuntimeSettings
+from manymodels.store.names import validate_name
 
 APP_IMPORT_PATH = "manymodels.serve.app:build_app"
 MODEL_SERVER = "ModelServer"
 GATEWAY = "Gateway"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
 
 
 def parse_bytes(value: int | float | str) -> int:
     """``2Gi``, ``512Mi``, ``1.5G`` or a plain number of bytes -> bytes (the Kubernetes quantity style)."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a byte size: {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"not a byte size: {value!r} (use e.g. 536870912, 512Mi or 2Gi)")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"byte size must be >= 0, got {value}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"byte size must be a finite number >= 0, got {value}")
         return int(value)
     match = _SIZE.match(value)
     if not match:
@@ -50,11 +61,17 @@ class _Strict(BaseModel):
 
 
 class StoreConfig(_Strict):
-    uri: str = Field(description="local directory / PVC mount, or an fsspec URL (s3://, gs://, az://)")
+    uri: str = Field(
+        description="local directory / PVC mount, or an fsspec URL (s3://, gs://, az://)"
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict)
-    disk_cache_dir: str | None = Field(default=None, description="node-local tier for remote stores")
+    disk_cache_dir: str | None = Field(
+        default=None, description="node-local tier for remote stores"
+    )
     disk_cache_bytes: int = 10 * 2**30
-    refresh_interval_s: float = Field(default=10.0, ge=0, description="0 disables polling for new versions")
+    refresh_interval_s: float = Field(
+        default=10.0, ge=0, description="0 disables polling for new versions"
+    )
 
     _bytes = field_validator("disk_cache_bytes", mode="before")(parse_bytes)
 
@@ -77,7 +94,9 @@ class CacheConfig(_Strict):
 
 class ModelOptions(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict)
-    processor: str | None = Field(default=None, description="'package.module:Class' shipped in the image")
+    processor: str | None = Field(
+        default=None, description="'package.module:Class' shipped in the image"
+    )
     processor_options: dict[str, Any] = Field(default_factory=dict)
     allow_nonfinite: bool = False
 
@@ -92,7 +111,9 @@ class Limits(_Strict):
 class ListenConfig(_Strict):
     """Where each replica's direct HTTP endpoint listens (the Gateway routes to it)."""
 
-    host: str = Field(default="127.0.0.1", description="0.0.0.0 in a cluster: the Gateway is remote")
+    host: str = Field(
+        default="127.0.0.1", description="0.0.0.0 in a cluster: the Gateway is remote"
+    )
     port: int = Field(default=0, ge=0, le=65535, description="0 = any free port")
 
 
@@ -107,17 +128,24 @@ class ServerConfig(_Strict):
     limits: Limits = Field(default_factory=Limits)
     http: ListenConfig = Field(default_factory=ListenConfig)
     inline_infer_max_ms: float = Field(
-        default=1.0, ge=0, description="models faster than this run on the event loop, slower in a thread"
+        default=1.0,
+        ge=0,
+        description="models faster than this run on the event loop, slower in a thread",
     )
 
     @model_validator(mode="after")
     def _names_are_valid(self) -> ServerConfig:
-        names = list(self.models) + ([self.default_model] if self.default_model else [])
+        names = [("model", m) for m in self.models]
+        if self.default_model:
+            names.append(("model", self.default_model))
         for options in self.models.values():
-            names += list(options.aliases) + list(options.aliases.values())
-        for name in names:
-            if not _NAME.match(name) or name in {".", ".."}:
-                raise ValueError(f"invalid model, alias or version name: {name!r}")
+            names += [("alias", a) for a in options.aliases]
+            names += [("version", v) for v in options.aliases.values()]
+        for kind, name in names:
+            try:
+                validate_name(kind, name)
+            except InvalidName as exc:  # pydantic reports ValueErrors with the field path
+                raise ValueError(f"invalid model, alias or version name: {exc}") from None
         return self
 
 
@@ -131,7 +159,9 @@ class GatewayConfig(_Strict):
         description="model-hash: sticky per model with spill-over; the others ignore the model id",
     )
     balance_factor: int = Field(
-        default=150, ge=101, description="bounded-load consistent hashing: max load in % of the average"
+        default=150,
+        ge=101,
+        description="bounded-load consistent hashing: max load in % of the average",
     )
     max_body_bytes: int = 8 * 2**20
     health_interval_ms: int = Field(default=1000, ge=100)
@@ -153,18 +183,25 @@ def app_settings(serve_config: dict[str, Any], app_name: str | None = None) -> A
     Raises ``ValueError`` naming the offending field; this is the loader the Helm chart's tests run
     against the rendered ``serveConfigV2``.
     """
-    apps = serve_config.get("applications")
+    apps = serve_config.get("applications") if isinstance(serve_config, dict) else None
     if not isinstance(apps, list) or not apps:
         raise ValueError("serve config: 'applications' must be a non-empty list")
+    if not all(isinstance(a, dict) for a in apps):
+        raise ValueError("serve config: every entry of 'applications' must be a mapping")
     ours = [a for a in apps if a.get("import_path") == APP_IMPORT_PATH]
     if app_name is not None:
         ours = [a for a in ours if a.get("name") == app_name]
     if len(ours) != 1:
-        raise ValueError(f"serve config: expected one application with import_path {APP_IMPORT_PATH}")
-    deployments = {d.get("name"): d for d in ours[0].get("deployments", [])}
+        raise ValueError(
+            f"serve config: expected one application with import_path {APP_IMPORT_PATH}"
+        )
+    entries = ours[0].get("deployments", [])
+    if not isinstance(entries, list) or not all(isinstance(d, dict) for d in entries):
+        raise ValueError("serve config: 'deployments' must be a list of mappings")
+    deployments = {d.get("name"): d for d in entries}
     unknown = set(deployments) - {MODEL_SERVER, GATEWAY}
     if unknown:
-        raise ValueError(f"serve config: unknown deployments {sorted(unknown)}")
+        raise ValueError(f"serve config: unknown deployments {sorted(map(str, unknown))}")
     server = deployments.get(MODEL_SERVER, {}).get("user_config")
     if server is None:
         raise ValueError(f"serve config: deployment {MODEL_SERVER} needs a user_config")
@@ -188,4 +225,3 @@ def load_serve_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a YAML mapping")
     app_settings(config)
     return config
-

@@ -89,7 +89,9 @@ class DataPlane:
     def _open_catalog(config: ServerConfig) -> Catalog:
         s = config.store
         store = open_store(
-            s.uri, cache_dir=s.disk_cache_dir, cache_bytes=s.disk_cache_bytes,
+            s.uri,
+            cache_dir=s.disk_cache_dir,
+            cache_bytes=s.disk_cache_bytes,
             storage_options=s.storage_options,
         )
         return Catalog(store, aliases={m: o.aliases for m, o in config.models.items()})
@@ -106,15 +108,25 @@ class DataPlane:
         old = self.config
         if config.store != old.store:
             self.catalog = self._open_catalog(config)
-            for key in self.cache.keys():  # same name, possibly other bytes: start clean
+            for key, _ in self.cache.resident():  # same name, possibly other bytes: start clean
                 self.cache.discard(key)
             self._last_good.clear()
         else:
             aliases = await self._warm_moved_aliases(old, config)
             self.catalog.set_aliases(aliases)
+            # Remember what was applied, not what was asked: a refused move must be retried (and
+            # warmed) by the next reconfigure, not slip in unwarmed.
+            config = config.model_copy(
+                update={
+                    "models": {
+                        m: o.model_copy(update={"aliases": aliases.get(m, {})})
+                        for m, o in config.models.items()
+                    }
+                }
+            )
         self.config = config
+        await self._apply_pins()  # before the resize, so models unpinned here can be evicted
         self.cache.resize(config.cache.capacity_bytes)
-        await self._apply_pins()
         self._spawn(self._prefetch_all(config.cache.prefetch))
 
     async def _warm_moved_aliases(
@@ -264,7 +276,9 @@ class DataPlane:
 
     # ---- inference -----------------------------------------------------------------------
 
-    async def run(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def run(
+        self, served: ServedModel, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """Tiny models run inline (a thread hop would cost more than the model); others in a pool."""
         try:
             if served.latency_ms <= self.config.inline_infer_max_ms:
@@ -300,8 +314,10 @@ class DataPlane:
             result = served.processor.postprocess(outputs)
         else:
             inputs, single = decode_input_data(
-                input_data, served.manifest.inputs,
-                allow_nonfinite=served.options.allow_nonfinite, max_batch=limits.max_batch,
+                input_data,
+                served.manifest.inputs,
+                allow_nonfinite=served.options.allow_nonfinite,
+                max_batch=limits.max_batch,
             )
             result = encode_outputs(await self.run(served, inputs), single)
         return name, served.manifest.version, result
@@ -344,7 +360,7 @@ class DataPlane:
 
     def unload(self, model: str) -> int:
         self.catalog.resolve(model, None)  # 404 for unknown models
-        keys = [k for k in self.cache.keys() if k.partition(":")[0] == model]
+        keys = [k for k, _ in self.cache.resident() if k.partition(":")[0] == model]
         return sum(self.cache.discard(k) for k in keys)
 
     def server_metadata(self) -> dict[str, Any]:
@@ -359,4 +375,3 @@ class DataPlane:
             task.cancel()
         self._loads.shutdown(wait=False, cancel_futures=True)
         self._infers.shutdown(wait=False, cancel_futures=True)
-

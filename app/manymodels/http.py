@@ -19,7 +19,13 @@ from starlette.routing import Route
 
 from manymodels.codec import decode_oip_tensor, encode_oip_output
 from manymodels.dataplane import DataPlane
-from manymodels.errors import InvalidRequest, ManyModelsError, PayloadTooLarge
+from manymodels.errors import (
+    InvalidName,
+    InvalidRequest,
+    ManyModelsError,
+    ModelNotFound,
+    PayloadTooLarge,
+)
 from manymodels.store import validate_name
 
 log = logging.getLogger("manymodels.http")
@@ -109,6 +115,7 @@ def build_http_app(plane: DataPlane) -> Starlette:
             response = json_response({"model": name, "version": answered, "outputs": outputs})
         except ManyModelsError as exc:
             response = error_response(exc.status, str(exc))
+            model_label = _label(model_label, exc)
         plane.metrics.observe(model_label, response.status_code, time.perf_counter() - started)
         return response
 
@@ -126,13 +133,15 @@ def build_http_app(plane: DataPlane) -> Starlette:
     async def model_metadata(request: Request) -> Response:
         model, ref = path_model(request)
         manifest = plane.manifest(model, ref)
-        return json_response({
-            "name": model,
-            "versions": plane.catalog.versions(model),
-            "platform": manifest.platform,
-            "inputs": [_tensor_meta(t) for t in manifest.inputs],
-            "outputs": [_tensor_meta(t) for t in manifest.outputs],
-        })
+        return json_response(
+            {
+                "name": model,
+                "versions": plane.catalog.versions(model),
+                "platform": manifest.platform,
+                "inputs": [_tensor_meta(t) for t in manifest.inputs],
+                "outputs": [_tensor_meta(t) for t in manifest.outputs],
+            }
+        )
 
     async def model_ready(request: Request) -> Response:
         model, ref = path_model(request)
@@ -146,6 +155,7 @@ def build_http_app(plane: DataPlane) -> Starlette:
             response = await _infer(request, model, ref)
         except ManyModelsError as exc:
             response = error_response(exc.status, str(exc))
+            model = _label(model, exc)
         plane.metrics.observe(model, response.status_code, time.perf_counter() - started)
         return response
 
@@ -156,7 +166,7 @@ def build_http_app(plane: DataPlane) -> Starlette:
         if header_length is not None:
             if not header_length.isdigit() or int(header_length) > len(raw):
                 raise InvalidRequest(f"bad {BINARY_HEADER}: {header_length!r}")
-            raw, binary = raw[: int(header_length)], raw[int(header_length):]
+            raw, binary = raw[: int(header_length)], raw[int(header_length) :]
         body = parse_json(raw)
         served = await plane.resolve_and_get(model, ref)
         specs = {s.name: s for s in served.manifest.inputs}
@@ -165,21 +175,28 @@ def build_http_app(plane: DataPlane) -> Starlette:
             raise InvalidRequest("'inputs' must be a non-empty list")
         inputs, offset = {}, 0
         for tensor in tensors:
-            if not isinstance(tensor, dict) or tensor.get("name") not in specs:
+            if (
+                not isinstance(tensor, dict)
+                or not isinstance(tensor.get("name"), str)
+                or tensor["name"] not in specs
+            ):
                 raise InvalidRequest(
                     f"unknown input {tensor.get('name') if isinstance(tensor, dict) else tensor!r}; "
                     f"expected {sorted(specs)}"
                 )
-            size = (tensor.get("parameters") or {}).get("binary_data_size")
+            size = _parameters(tensor).get("binary_data_size")
             payload = None
             if size is not None:
                 if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                     raise InvalidRequest(f"input '{tensor['name']}': bad binary_data_size {size!r}")
-                payload, offset = binary[offset: offset + size], offset + size
+                payload, offset = binary[offset : offset + size], offset + size
             limits = plane.config.limits
             inputs[tensor["name"]] = decode_oip_tensor(
-                tensor, specs[tensor["name"]], payload,
-                allow_nonfinite=served.options.allow_nonfinite, max_batch=limits.max_batch,
+                tensor,
+                specs[tensor["name"]],
+                payload,
+                allow_nonfinite=served.options.allow_nonfinite,
+                max_batch=limits.max_batch,
             )
         missing = set(specs) - set(inputs)
         if missing:
@@ -227,11 +244,28 @@ def build_http_app(plane: DataPlane) -> Starlette:
         Route("/metrics", metrics),
         Route("/-/healthz", healthz),
     ]
-    app = Starlette(routes=routes, exception_handlers={
-        404: lambda request, exc: error_response(404, f"no route {request.method} {request.url.path}"),
-        405: lambda request, exc: error_response(405, f"{request.method} not allowed here"),
-    })
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            404: lambda request, exc: error_response(
+                404, f"no route {request.method} {request.url.path}"
+            ),
+            405: lambda request, exc: error_response(405, f"{request.method} not allowed here"),
+        },
+    )
     return app
+
+
+def _label(model: str, exc: ManyModelsError) -> str:
+    """Unknown model names share one series, so clients cannot mint unbounded label values."""
+    return "-" if type(exc) is ModelNotFound or isinstance(exc, InvalidName) else model
+
+
+def _parameters(entry: dict[str, Any]) -> dict[str, Any]:
+    parameters = entry.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidRequest("'parameters' must be a JSON object")
+    return parameters
 
 
 def _tensor_meta(spec: Any) -> dict[str, Any]:
@@ -240,16 +274,18 @@ def _tensor_meta(spec: Any) -> dict[str, Any]:
     return {"name": spec.name, "datatype": NUMPY_TO_OIP[spec.dtype], "shape": spec.shape}
 
 
-def _oip_response(body: dict[str, Any], model: str, version: str, outputs: dict[str, Any]) -> Response:
+def _oip_response(
+    body: dict[str, Any], model: str, version: str, outputs: dict[str, Any]
+) -> Response:
     requested = body.get("outputs")
-    default_binary = bool((body.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(_parameters(body).get("binary_data_output", False))
     wanted: dict[str, bool] = {}
     if isinstance(requested, list) and requested:
         for item in requested:
             name = item.get("name") if isinstance(item, dict) else None
-            if name not in outputs:
+            if not isinstance(name, str) or name not in outputs:
                 raise InvalidRequest(f"unknown output {name!r}; the model has {sorted(outputs)}")
-            wanted[name] = bool((item.get("parameters") or {}).get("binary_data", default_binary))
+            wanted[name] = bool(_parameters(item).get("binary_data", default_binary))
     else:
         wanted = dict.fromkeys(outputs, default_binary)
     entries, payloads = [], []

@@ -21,7 +21,10 @@ LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 class _CacheCollector(Collector):
     def __init__(
-        self, replica: str, stats: Callable[[], CacheStats], resident: Callable[[], list[tuple[str, int]]]
+        self,
+        replica: str,
+        stats: Callable[[], CacheStats],
+        resident: Callable[[], list[tuple[str, int]]],
     ) -> None:
         self._replica = replica
         self._stats = stats
@@ -53,7 +56,8 @@ class _CacheCollector(Collector):
             family.add_metric([self._replica], value)
             yield family
         per_model = GaugeMetricFamily(
-            "manymodels_model_resident_bytes", "resident bytes per model version",
+            "manymodels_model_resident_bytes",
+            "resident bytes per model version",
             labels=["replica", "model", "version"],
         )
         for key, size in self._resident():
@@ -67,20 +71,30 @@ class Metrics:
         self.replica = replica
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
-            "manymodels_requests", "requests by model and HTTP status",
-            ["replica", "model", "code"], registry=self.registry,
+            "manymodels_requests",
+            "requests by model and HTTP status",
+            ["replica", "model", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "manymodels_request_seconds", "request latency by model",
-            ["replica", "model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "manymodels_request_seconds",
+            "request latency by model",
+            ["replica", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.loads = Histogram(
-            "manymodels_model_load_seconds", "time to fetch, verify, load and warm a model",
-            ["replica", "model"], buckets=LOAD_BUCKETS, registry=self.registry,
+            "manymodels_model_load_seconds",
+            "time to fetch, verify, load and warm a model",
+            ["replica", "model"],
+            buckets=LOAD_BUCKETS,
+            registry=self.registry,
         )
         self.rollout_failures = Counter(
-            "manymodels_rollout_failures", "alias moves refused because the new version failed to load",
-            ["replica", "model"], registry=self.registry,
+            "manymodels_rollout_failures",
+            "alias moves refused because the new version failed to load",
+            ["replica", "model"],
+            registry=self.registry,
         )
 
     def watch_cache(

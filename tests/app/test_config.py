@@ -60,21 +60,29 @@ def test_parse_bytes(value: int | float | str, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "abc", "2 gigs", "Gi", "1.5.5G", "-1", "-1Gi", "2Xi", "2 Gi Gi", "0x10", True,
-     False, -1, -0.5, math.nan],
+    [
+        "",
+        "abc",
+        "2 gigs",
+        "Gi",
+        "1.5.5G",
+        "-1",
+        "-1Gi",
+        "2Xi",
+        "2 Gi Gi",
+        "0x10",
+        True,
+        False,
+        -1,
+        -0.5,
+        math.nan,
+    ],
 )
 def test_parse_bytes_refuses_garbage(value: Any) -> None:
     with pytest.raises(ValueError):
         parse_bytes(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(TypeError, OverflowError),
-    reason="BUG config.parse_bytes: None or a list reaches _SIZE.match and raises TypeError, inf "
-    "raises OverflowError; neither is a ValueError, so pydantic does not turn them into a "
-    "ValidationError (e.g. an empty 'capacity_bytes:' in YAML crashes with TypeError)",
-)
 @pytest.mark.parametrize("value", [None, [1], math.inf], ids=["none", "list", "inf"])
 def test_parse_bytes_refuses_other_types_with_value_error(value: Any) -> None:
     with pytest.raises(ValueError):
@@ -84,11 +92,13 @@ def test_parse_bytes_refuses_other_types_with_value_error(value: Any) -> None:
 
 
 def test_byte_sizes_in_the_config_models() -> None:
-    config = ServerConfig.model_validate({
-        "store": {"uri": "/models", "disk_cache_bytes": "1Gi"},
-        "cache": {"capacity_bytes": "512Mi"},
-        "limits": {"max_body_bytes": "1Mi"},
-    })
+    config = ServerConfig.model_validate(
+        {
+            "store": {"uri": "/models", "disk_cache_bytes": "1Gi"},
+            "cache": {"capacity_bytes": "512Mi"},
+            "limits": {"max_body_bytes": "1Mi"},
+        }
+    )
     assert config.store.disk_cache_bytes == 2**30
     assert config.cache.capacity_bytes == 512 * 2**20
     assert config.limits.max_body_bytes == 2**20
@@ -151,13 +161,6 @@ def test_bad_names_are_rejected(raw: dict[str, Any]) -> None:
         ServerConfig.model_validate({"store": {"uri": "/m"}, **raw})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG config._names_are_valid: _NAME.match with '$' accepts a trailing newline and only "
-    "the exact names '.'/'..' are refused, while store.names.validate_name (fullmatch, no '..' "
-    "anywhere) refuses them; DataPlane/Catalog.set_aliases then raises InvalidName at "
-    "construction or mid-reconfigure instead of the config failing validation",
-)
 @pytest.mark.parametrize(
     "raw",
     [
@@ -173,11 +176,13 @@ def test_names_are_validated_like_the_store_does(raw: dict[str, Any]) -> None:
 
 
 def test_good_names_are_accepted() -> None:
-    config = ServerConfig.model_validate({
-        "store": {"uri": "/m"},
-        "default_model": "text-sentiment",
-        "models": {"mlp_1.v2": {"aliases": {"stable": "1", "canary": "2.0-rc1"}}},
-    })
+    config = ServerConfig.model_validate(
+        {
+            "store": {"uri": "/m"},
+            "default_model": "text-sentiment",
+            "models": {"mlp_1.v2": {"aliases": {"stable": "1", "canary": "2.0-rc1"}}},
+        }
+    )
     assert config.models["mlp_1.v2"].aliases == {"stable": "1", "canary": "2.0-rc1"}
 
 
@@ -304,8 +309,9 @@ def test_application_is_found_by_import_path(demo_dict: dict[str, Any]) -> None:
     demo_dict["applications"].insert(0, other)
     assert app_settings(demo_dict).server.default_model == "text-sentiment"
     assert app_settings(demo_dict, "manymodels").server.default_model == "text-sentiment"
-    with pytest.raises(ValueError, match=f"expected one application with import_path "
-                                         f"{APP_IMPORT_PATH}"):
+    with pytest.raises(
+        ValueError, match=f"expected one application with import_path {APP_IMPORT_PATH}"
+    ):
         app_settings(demo_dict, "nope")
     two = copy.deepcopy(demo_dict)
     two["applications"].append(copy.deepcopy(two["applications"][1]) | {"name": "second"})
@@ -341,13 +347,6 @@ def test_load_serve_config_checks_the_file(tmp_path: Path, demo_env: Path) -> No
         load_serve_config(bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="BUG config.app_settings: a non-mapping application or deployment entry (or "
-    "'deployments' that is not a list) raises AttributeError from .get() instead of the "
-    "documented ValueError naming the problem",
-)
 @pytest.mark.parametrize(
     "config",
     [

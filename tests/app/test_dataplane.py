@@ -77,14 +77,20 @@ def copy_catalog(source: Path, target: Path, models: list[str]) -> Path:
     return target
 
 
-def publish_copy(root: Path, model: str, version: str, *, source: str | None = None,
-                 corrupt: bool = False) -> None:
+def publish_copy(
+    root: Path, model: str, version: str, *, source: str | None = None, corrupt: bool = False
+) -> None:
     """Publish ``version`` of ``model`` from ``source``'s v1 artifact (optionally corrupting it)."""
     source = source or model
     manifest = json.loads((root / source / "1" / "manifest.json").read_text())
     publish_version(
-        root, model, version, runtime="onnx", artifact=root / source / "1" / "model.onnx",
-        inputs=manifest["inputs"], outputs=manifest["outputs"],
+        root,
+        model,
+        version,
+        runtime="onnx",
+        artifact=root / source / "1" / "model.onnx",
+        inputs=manifest["inputs"],
+        outputs=manifest["outputs"],
     )
     if corrupt:
         artifact = root / model / version / "model.onnx"
@@ -118,8 +124,13 @@ def test_moving_an_alias_warms_the_new_version_first(demo_catalog: Path) -> None
         async def watched_load(model: str, version: str, options: Any = None) -> Any:
             if (model, version) == ("mlp-000", "2"):
                 # While the new version loads, traffic still goes to the old one.
-                events.append(("loading", await version_of(plane, "mlp-000"),
-                               await version_of(plane, "mlp-000", "stable")))
+                events.append(
+                    (
+                        "loading",
+                        await version_of(plane, "mlp-000"),
+                        await version_of(plane, "mlp-000", "stable"),
+                    )
+                )
             return await real_load(model, version, options)
 
         real_set_aliases = plane.catalog.set_aliases
@@ -138,7 +149,7 @@ def test_moving_an_alias_warms_the_new_version_first(demo_catalog: Path) -> None
         assert await version_of(plane, "mlp-000", "stable") == "2"
         assert plane.cache.stats().loads == loads  # answered by the warmed entry
         assert rollout_failures(plane, "mlp-000") == 0
-        assert plane.config is after
+        assert plane.config == after  # every move applied: the applied config equals the request
 
     run(before, scenario)
 
@@ -147,10 +158,13 @@ def test_unchanged_aliases_load_nothing(demo_catalog: Path) -> None:
     config = make_config(demo_catalog, models={"mlp-000": {"aliases": {"stable": "1"}}})
 
     async def scenario(plane: DataPlane) -> None:
-        await plane.reconfigure(make_config(
-            demo_catalog, models={"mlp-000": {"aliases": {"stable": "1"}}},
-            cache={"capacity_bytes": "1Gi"},
-        ))
+        await plane.reconfigure(
+            make_config(
+                demo_catalog,
+                models={"mlp-000": {"aliases": {"stable": "1"}}},
+                cache={"capacity_bytes": "1Gi"},
+            )
+        )
         assert plane.cache.stats().loads == 0
         assert plane.catalog.resolve("mlp-000") == "1"
 
@@ -159,10 +173,13 @@ def test_unchanged_aliases_load_nothing(demo_catalog: Path) -> None:
 
 def test_alias_moved_to_a_corrupt_version_stays_on_the_old_one(corrupt_root: Path) -> None:
     before = make_config(corrupt_root, models={"mlp-001": {"aliases": {"stable": "1"}}})
-    after = make_config(corrupt_root, models={
-        "mlp-001": {"aliases": {"stable": "2", "beta": "2"}},
-        "mlp-002": {"aliases": {"canary": "1"}},
-    })
+    after = make_config(
+        corrupt_root,
+        models={
+            "mlp-001": {"aliases": {"stable": "2", "beta": "2"}},
+            "mlp-002": {"aliases": {"canary": "1"}},
+        },
+    )
 
     async def scenario(plane: DataPlane) -> None:
         assert await version_of(plane, "mlp-001") == "1"
@@ -202,18 +219,14 @@ def test_alias_from_the_store_moved_to_a_corrupt_version(corrupt_root: Path) -> 
     run(config, scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG dataplane.reconfigure stores the requested config (stable=2) although the refused "
-    "alias stayed on 1; the next reconfigure compares against it, sees no move and applies "
-    "stable=2 without warming it or counting a rollout failure",
-)
 def test_refused_rollout_is_not_applied_by_a_later_unrelated_update(corrupt_root: Path) -> None:
     before = make_config(corrupt_root, models={"mlp-001": {"aliases": {"stable": "1"}}})
     refused = make_config(corrupt_root, models={"mlp-001": {"aliases": {"stable": "2"}}})
-    budget_only = make_config(corrupt_root, models={"mlp-001": {"aliases": {"stable": "2"}}},
-                              cache={"capacity_bytes": "1Gi"})
+    budget_only = make_config(
+        corrupt_root,
+        models={"mlp-001": {"aliases": {"stable": "2"}}},
+        cache={"capacity_bytes": "1Gi"},
+    )
 
     async def scenario(plane: DataPlane) -> None:
         await plane.reconfigure(refused)
@@ -254,17 +267,21 @@ def test_cache_budget_resizes_live(demo_catalog: Path) -> None:
         assert await version_of(plane, "mlp-001") == "1"
         assert "mlp-001:1" in plane.cache
         value = plane.metrics.registry.get_sample_value(
-            "manymodels_cache_capacity_bytes", {"replica": "local"})
+            "manymodels_cache_capacity_bytes", {"replica": "local"}
+        )
         assert value == 128 * 2**20
 
     run(config, scenario)
 
 
 def test_pins_and_prefetch_are_applied(demo_catalog: Path) -> None:
-    config = make_config(demo_catalog, cache={
-        "pin": ["mlp-001", "mlp-000:canary", "no-such-model", "mlp-002:9"],
-        "prefetch": ["mlp-000:canary", "mlp-003", "no-such-model"],
-    })
+    config = make_config(
+        demo_catalog,
+        cache={
+            "pin": ["mlp-001", "mlp-000:canary", "no-such-model", "mlp-002:9"],
+            "prefetch": ["mlp-000:canary", "mlp-003", "no-such-model"],
+        },
+    )
 
     async def scenario(plane: DataPlane) -> None:
         await settle(plane)
@@ -275,9 +292,13 @@ def test_pins_and_prefetch_are_applied(demo_catalog: Path) -> None:
         await version_of(plane, "mlp-001")
 
         # Shrinking the budget to nothing keeps exactly the pinned models.
-        shrunk = make_config(demo_catalog, cache={
-            "capacity_bytes": 1, "pin": ["mlp-001", "mlp-000:canary"],
-        })
+        shrunk = make_config(
+            demo_catalog,
+            cache={
+                "capacity_bytes": 1,
+                "pin": ["mlp-001", "mlp-000:canary"],
+            },
+        )
         await plane.reconfigure(shrunk)
         await settle(plane)
         assert sorted(plane.cache.keys()) == ["mlp-000:2", "mlp-001:1"]
@@ -294,13 +315,6 @@ def test_pins_and_prefetch_are_applied(demo_catalog: Path) -> None:
     run(config, scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG dataplane.reconfigure resizes the cache before _apply_pins: models unpinned by the "
-    "same update were still pinned during resize(), so the replica stays over its new budget "
-    "until some later load evicts them",
-)
 def test_unpinning_and_shrinking_in_one_update_ends_within_budget(demo_catalog: Path) -> None:
     config = make_config(demo_catalog, cache={"pin": ["mlp-001"]})
 
@@ -334,8 +348,9 @@ def test_a_new_store_starts_clean(demo_catalog: Path, tmp_path: Path) -> None:
 # ---- store refresh ------------------------------------------------------------------------------
 
 
-def test_refresh_warms_a_new_latest_before_it_takes_traffic(demo_catalog: Path,
-                                                            tmp_path: Path) -> None:
+def test_refresh_warms_a_new_latest_before_it_takes_traffic(
+    demo_catalog: Path, tmp_path: Path
+) -> None:
     root = copy_catalog(demo_catalog, tmp_path / "store", ["mlp-001"])
     config = make_config(root, store={"uri": str(root), "refresh_interval_s": 0.05})
 
@@ -358,8 +373,7 @@ def test_refresh_warms_a_new_latest_before_it_takes_traffic(demo_catalog: Path,
 def test_one_corrupt_version_does_not_block_other_store_changes(corrupt_root: Path) -> None:
     """A refresh round whose warm-up of one model fails still picks up the rest of the store."""
     (corrupt_root / "mlp-001" / "2").rename(corrupt_root / "mlp-001" / ".staged-2")
-    config = make_config(corrupt_root,
-                         store={"uri": str(corrupt_root), "refresh_interval_s": 0.05})
+    config = make_config(corrupt_root, store={"uri": str(corrupt_root), "refresh_interval_s": 0.05})
 
     async def scenario(plane: DataPlane) -> None:
         assert await version_of(plane, "mlp-001") == "1"

@@ -101,13 +101,19 @@ def publish_corrupt(root: Path, model: str, version: str, based_on: str = "1") -
     """Publish ``version`` with a valid artifact and manifest, then flip bytes in the artifact."""
     manifest = json.loads((root / model / based_on / "manifest.json").read_text())
     publish_version(
-        root, model, version, runtime="onnx", artifact=root / model / based_on / "model.onnx",
-        inputs=manifest["inputs"], outputs=manifest["outputs"], description="corrupted copy",
+        root,
+        model,
+        version,
+        runtime="onnx",
+        artifact=root / model / based_on / "model.onnx",
+        inputs=manifest["inputs"],
+        outputs=manifest["outputs"],
+        description="corrupted copy",
     )
     artifact = root / model / version / "model.onnx"
     data = bytearray(artifact.read_bytes())
     middle = len(data) // 2
-    data[middle: middle + 8] = bytes(b ^ 0xFF for b in data[middle: middle + 8])
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
     artifact.write_bytes(bytes(data))
     return artifact
 
@@ -136,9 +142,12 @@ def test_predict_default_model_original_contract(config: ServerConfig) -> None:
         assert result["score"] == result["scores"][result["label"]]
         assert sum(result["scores"].values()) == pytest.approx(1.0, abs=1e-4)
 
-        both = await client.post("/predict", json={
-            "input_data": ["I love this product", "Terrible product, do not buy"],
-        })
+        both = await client.post(
+            "/predict",
+            json={
+                "input_data": ["I love this product", "Terrible product, do not buy"],
+            },
+        )
         assert both.status_code == 200, both.text
         labels = [r["label"] for r in both.json()["outputs"]]
         assert labels == ["positive", "negative"]
@@ -179,12 +188,10 @@ def test_predict_tensor_model(config: ServerConfig, demo_catalog: Path) -> None:
             "/predict", json={"model": "mlp-001", "input_data": {"input": ROWS.tolist()}}
         )
         assert batch.status_code == 200, batch.text
-        np.testing.assert_allclose(batch.json()["outputs"]["logits"], expected, rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(batch.json()["outputs"]["logits"], expected, rtol=1e-5, atol=1e-6)
 
         # The model can also come from the x-model header (what the Gateway routes on).
-        header = await client.post("/predict", json={"input_data": ROW},
-                                   headers={"x-model": "mlp-001"})
+        header = await client.post("/predict", json={"input_data": ROW}, headers={"x-model": "mlp-001"})
         assert header.status_code == 200, header.text
         assert header.json()["model"] == "mlp-001"
 
@@ -203,8 +210,7 @@ def test_predict_torch_model(config: ServerConfig, demo_catalog: Path) -> None:
         pytest.skip("the demo catalog was built without torch")
 
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
-        response = await client.post("/predict", json={"model": "torch-script",
-                                                       "input_data": ROWS.tolist()})
+        response = await client.post("/predict", json={"model": "torch-script", "input_data": ROWS.tolist()})
         assert response.status_code == 200, response.text
         outputs = response.json()["outputs"]
         assert set(outputs) == {"logits", "probabilities"}
@@ -242,8 +248,11 @@ def test_oip_model_metadata(config: ServerConfig) -> None:
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
         }
-        for path in ("/v2/models/mlp-000", "/v2/models/mlp-000/versions/2",
-                     "/v2/models/mlp-000/versions/canary"):
+        for path in (
+            "/v2/models/mlp-000",
+            "/v2/models/mlp-000/versions/2",
+            "/v2/models/mlp-000/versions/canary",
+        ):
             response = await client.get(path)
             assert response.status_code == 200, (path, response.text)
             assert response.json() == expected
@@ -260,13 +269,17 @@ def test_oip_model_metadata(config: ServerConfig) -> None:
 
 def test_oip_model_ready(config: ServerConfig) -> None:
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
-        for path in ("/v2/models/text-sentiment/ready", "/v2/models/mlp-000/versions/2/ready",
-                     "/v2/models/mlp-000/versions/stable/ready"):
+        for path in (
+            "/v2/models/text-sentiment/ready",
+            "/v2/models/mlp-000/versions/2/ready",
+            "/v2/models/mlp-000/versions/stable/ready",
+        ):
             response = await client.get(path)
             assert response.status_code == 200, (path, response.text)
             assert response.json()["ready"] is True
         assert (await client.get("/v2/models/mlp-000/ready")).json() == {
-            "name": "mlp-000", "ready": True,
+            "name": "mlp-000",
+            "ready": True,
         }
 
         unknown = await client.get("/v2/models/no-such-model/ready")
@@ -281,8 +294,14 @@ def test_oip_model_ready(config: ServerConfig) -> None:
 
 def _infer_body(rows: np.ndarray, **extra: Any) -> dict[str, Any]:
     return {
-        "inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
-                    "data": rows.reshape(-1).tolist()}],
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(rows.shape),
+                "datatype": "FP32",
+                "data": rows.reshape(-1).tolist(),
+            }
+        ],
         **extra,
     }
 
@@ -291,8 +310,7 @@ def test_oip_infer_json(config: ServerConfig, demo_catalog: Path) -> None:
     expected = reference(demo_catalog, "mlp-001", "1", ROWS)
 
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
-        response = await client.post("/v2/models/mlp-001/infer",
-                                     json=_infer_body(ROWS, id="req-42"))
+        response = await client.post("/v2/models/mlp-001/infer", json=_infer_body(ROWS, id="req-42"))
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "application/json"
         body = response.json()
@@ -301,8 +319,7 @@ def test_oip_infer_json(config: ServerConfig, demo_catalog: Path) -> None:
         assert body["id"] == "req-42"
         [out] = body["outputs"]
         assert out["name"] == "logits" and out["datatype"] == "FP32" and out["shape"] == [2, 10]
-        np.testing.assert_allclose(np.reshape(out["data"], (2, 10)), expected, rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(np.reshape(out["data"], (2, 10)), expected, rtol=1e-5, atol=1e-6)
 
         nested = _infer_body(ROWS)
         nested["inputs"][0]["data"] = ROWS.tolist()
@@ -312,8 +329,9 @@ def test_oip_infer_json(config: ServerConfig, demo_catalog: Path) -> None:
         assert "id" not in again.json()
 
         for ref, version in (("2", "2"), ("canary", "2"), ("stable", "1")):
-            versioned = await client.post(f"/v2/models/mlp-000/versions/{ref}/infer",
-                                          json=_infer_body(ROWS[:1]))
+            versioned = await client.post(
+                f"/v2/models/mlp-000/versions/{ref}/infer", json=_infer_body(ROWS[:1])
+            )
             assert versioned.status_code == 200, versioned.text
             assert versioned.json()["model_version"] == version
 
@@ -329,44 +347,73 @@ def test_oip_infer_binary_tensors(config: ServerConfig, demo_catalog: Path) -> N
     expected = reference(demo_catalog, "mlp-001", "1", ROWS)
 
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
-        header = orjson.dumps({
-            "inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
-                        "parameters": {"binary_data_size": ROWS.nbytes}}],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-        })
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [2, 64],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": ROWS.nbytes},
+                    }
+                ],
+                "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+            }
+        )
         response = await client.post(
-            "/v2/models/mlp-001/infer", content=header + ROWS.tobytes(),
-            headers={"Inference-Header-Content-Length": str(len(header)),
-                     "content-type": "application/octet-stream"},
+            "/v2/models/mlp-001/infer",
+            content=header + ROWS.tobytes(),
+            headers={
+                "Inference-Header-Content-Length": str(len(header)),
+                "content-type": "application/octet-stream",
+            },
         )
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "application/octet-stream"
         meta, payload = _split(response)
         [out] = meta["outputs"]
-        assert out == {"name": "logits", "datatype": "FP32", "shape": [2, 10],
-                       "parameters": {"binary_data_size": 80}}
+        assert out == {
+            "name": "logits",
+            "datatype": "FP32",
+            "shape": [2, 10],
+            "parameters": {"binary_data_size": 80},
+        }
         assert len(payload) == 80
         logits = np.frombuffer(payload, dtype=np.float32).reshape(2, 10)
         np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
 
         # JSON input, binary output through the request-wide parameter.
-        mixed = await client.post("/v2/models/mlp-001/infer", json=_infer_body(
-            ROWS, parameters={"binary_data_output": True}))
+        mixed = await client.post(
+            "/v2/models/mlp-001/infer",
+            json=_infer_body(ROWS, parameters={"binary_data_output": True}),
+        )
         assert mixed.status_code == 200, mixed.text
         _, payload2 = _split(mixed)
         assert payload2 == payload
 
         # Binary input, JSON output (no outputs requested, no binary_data_output).
-        header = orjson.dumps({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
-                                           "parameters": {"binary_data_size": ROWS.nbytes}}]})
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [2, 64],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": ROWS.nbytes},
+                    }
+                ]
+            }
+        )
         as_json = await client.post(
-            "/v2/models/mlp-001/infer", content=header + ROWS.tobytes(),
+            "/v2/models/mlp-001/infer",
+            content=header + ROWS.tobytes(),
             headers={"Inference-Header-Content-Length": str(len(header))},
         )
         assert as_json.status_code == 200, as_json.text
         assert "inference-header-content-length" not in as_json.headers
-        np.testing.assert_allclose(np.reshape(as_json.json()["outputs"][0]["data"], (2, 10)),
-                                   logits, rtol=0, atol=0)
+        np.testing.assert_allclose(
+            np.reshape(as_json.json()["outputs"][0]["data"], (2, 10)), logits, rtol=0, atol=0
+        )
 
     serve(config, scenario)
 
@@ -378,15 +425,19 @@ def test_oip_binary_with_tritonclient(config: ServerConfig, demo_catalog: Path) 
     tensor = triton.InferInput("input", [2, 64], "FP32")
     tensor.set_data_from_numpy(ROWS, binary_data=True)
     body, json_size = triton.InferenceServerClient.generate_request_body(
-        [tensor], outputs=[triton.InferRequestedOutput("logits", binary_data=True)],
+        [tensor],
+        outputs=[triton.InferRequestedOutput("logits", binary_data=True)],
         request_id="triton-1",
     )
 
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> httpx.Response:
         return await client.post(
-            "/v2/models/mlp-001/infer", content=body,
-            headers={"Inference-Header-Content-Length": str(json_size),
-                     "content-type": "application/octet-stream"},
+            "/v2/models/mlp-001/infer",
+            content=body,
+            headers={
+                "Inference-Header-Content-Length": str(json_size),
+                "content-type": "application/octet-stream",
+            },
         )
 
     response = serve(config, scenario)
@@ -398,8 +449,7 @@ def test_oip_binary_with_tritonclient(config: ServerConfig, demo_catalog: Path) 
     np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_oip_select_outputs_of_a_multi_output_model(config: ServerConfig,
-                                                    demo_catalog: Path) -> None:
+def test_oip_select_outputs_of_a_multi_output_model(config: ServerConfig, demo_catalog: Path) -> None:
     if not (demo_catalog / "torch-script").is_dir():
         pytest.skip("the demo catalog was built without torch")
 
@@ -409,8 +459,10 @@ def test_oip_select_outputs_of_a_multi_output_model(config: ServerConfig,
         assert [o["name"] for o in both.json()["outputs"]] == ["logits", "probabilities"]
         assert both.json()["model_version"] == "1"
 
-        one = await client.post("/v2/models/torch-script/infer", json=_infer_body(
-            ROWS, outputs=[{"name": "probabilities"}]))
+        one = await client.post(
+            "/v2/models/torch-script/infer",
+            json=_infer_body(ROWS, outputs=[{"name": "probabilities"}]),
+        )
         assert one.status_code == 200, one.text
         [out] = one.json()["outputs"]
         assert out["name"] == "probabilities" and out["shape"] == [2, 10]
@@ -426,10 +478,16 @@ def test_oip_repository(config: ServerConfig) -> None:
             return {(e["name"], e["version"]): e for e in response.json()}
 
         before = await index()
-        assert {("mlp-000", "1"), ("mlp-000", "2"), ("mlp-002", "1"),
-                ("text-sentiment", "2")} <= set(before)
+        assert {
+            ("mlp-000", "1"),
+            ("mlp-000", "2"),
+            ("mlp-002", "1"),
+            ("text-sentiment", "2"),
+        } <= set(before)
         assert before[("mlp-002", "1")] == {
-            "name": "mlp-002", "version": "1", "state": "UNAVAILABLE",
+            "name": "mlp-002",
+            "version": "1",
+            "state": "UNAVAILABLE",
             "reason": "not resident; loads on first request",
         }
 
@@ -474,8 +532,10 @@ def test_metrics_count_requests_and_cache_hits(config: ServerConfig) -> None:
 
         labels = {"replica": "local", "model": "text-sentiment"}
         start = await page()
-        assert "manymodels_requests_total" not in start or metric(
-            start, "manymodels_requests_total", code="200", **labels) == 0
+        assert (
+            "manymodels_requests_total" not in start
+            or metric(start, "manymodels_requests_total", code="200", **labels) == 0
+        )
         await predict()
         first = await page()
         assert "manymodels_requests_total" in first
@@ -491,8 +551,16 @@ def test_metrics_count_requests_and_cache_hits(config: ServerConfig) -> None:
         assert metric(second, "manymodels_cache_hits_total", replica="local") == hits + 2
         assert metric(second, "manymodels_cache_entries", replica="local") == 1
         assert metric(second, "manymodels_cache_resident_bytes", replica="local") > 0
-        assert metric(second, "manymodels_model_resident_bytes", replica="local",
-                      model="text-sentiment", version="1") > 0
+        assert (
+            metric(
+                second,
+                "manymodels_model_resident_bytes",
+                replica="local",
+                model="text-sentiment",
+                version="1",
+            )
+            > 0
+        )
         assert metric(second, "manymodels_request_seconds_count", **labels) == 3
 
         bad = await client.post("/predict", json={"model": "mlp-001", "input_data": [1, 2]})
@@ -500,10 +568,8 @@ def test_metrics_count_requests_and_cache_hits(config: ServerConfig) -> None:
         oip = await client.post("/v2/models/mlp-001/infer", json=_infer_body(ROWS))
         assert oip.status_code == 200
         third = await page()
-        assert metric(third, "manymodels_requests_total", replica="local", model="mlp-001",
-                      code="400") == 1
-        assert metric(third, "manymodels_requests_total", replica="local", model="mlp-001",
-                      code="200") == 1
+        assert metric(third, "manymodels_requests_total", replica="local", model="mlp-001", code="400") == 1
+        assert metric(third, "manymodels_requests_total", replica="local", model="mlp-001", code="200") == 1
 
     serve(config, scenario)
 
@@ -516,51 +582,85 @@ BAD_PREDICT = [
     pytest.param(b"[1, 2, 3]", 400, "must be a JSON object", id="array-body"),
     pytest.param(b'"sample text"', 400, "must be a JSON object", id="string-body"),
     pytest.param(b'{"model": "mlp-001"}', 400, "missing 'input_data'", id="no-input-data"),
-    pytest.param({"model": "mlp-001", "input_data": [1.0, 2.0, 3.0]}, 400,
-                 "dimension 1 must be 64", id="wrong-shape"),
-    pytest.param({"model": "mlp-001", "input_data": [[[0.0] * 64]]}, 400,
-                 "expected 2 dimensions", id="wrong-rank"),
-    pytest.param({"model": "mlp-001", "input_data": ["a"] * 64}, 400, "expected numbers",
-                 id="wrong-dtype"),
-    pytest.param({"model": "mlp-001", "input_data": [[0.0] * 64, [0.0] * 63]}, 400,
-                 "not a rectangular array", id="ragged"),
-    pytest.param({"model": "mlp-001", "input_data": {"input": [0.0] * 64, "x": [1]}}, 400,
-                 "unknown input", id="unknown-input"),
-    pytest.param(b'{"model": "mlp-001", "input_data": [NaN]}', 400, "malformed JSON",
-                 id="nan-literal"),
-    pytest.param(b'{"model": "mlp-001", "input_data": [1e999]}', 400, "malformed JSON",
-                 id="overflowing-number"),
+    pytest.param(
+        {"model": "mlp-001", "input_data": [1.0, 2.0, 3.0]},
+        400,
+        "dimension 1 must be 64",
+        id="wrong-shape",
+    ),
+    pytest.param(
+        {"model": "mlp-001", "input_data": [[[0.0] * 64]]},
+        400,
+        "expected 2 dimensions",
+        id="wrong-rank",
+    ),
+    pytest.param({"model": "mlp-001", "input_data": ["a"] * 64}, 400, "expected numbers", id="wrong-dtype"),
+    pytest.param(
+        {"model": "mlp-001", "input_data": [[0.0] * 64, [0.0] * 63]},
+        400,
+        "not a rectangular array",
+        id="ragged",
+    ),
+    pytest.param(
+        {"model": "mlp-001", "input_data": {"input": [0.0] * 64, "x": [1]}},
+        400,
+        "unknown input",
+        id="unknown-input",
+    ),
+    pytest.param(b'{"model": "mlp-001", "input_data": [NaN]}', 400, "malformed JSON", id="nan-literal"),
+    pytest.param(
+        b'{"model": "mlp-001", "input_data": [1e999]}',
+        400,
+        "malformed JSON",
+        id="overflowing-number",
+    ),
     pytest.param({"input_data": 42}, 400, "input_data", id="text-not-a-string"),
     pytest.param({"input_data": "   !!! "}, 400, "contains no words", id="text-no-words"),
     pytest.param({"input_data": []}, 400, "non-empty", id="text-empty-list"),
-    pytest.param({"model": "no-such-model", "input_data": ROW}, 404, "'no-such-model' not found",
-                 id="unknown-model"),
-    pytest.param({"model": "mlp-001", "version": "7", "input_data": ROW}, 404,
-                 "no version or alias '7'", id="unknown-version"),
-    pytest.param({"version": "beta", "input_data": "sample"}, 404, "'beta'",
-                 id="unknown-alias"),
-    pytest.param({"model": "../../etc/passwd", "input_data": ROW}, 400, "invalid model name",
-                 id="model-traversal"),
-    pytest.param({"model": "mlp-001", "version": "../1", "input_data": ROW}, 400,
-                 "invalid version name", id="version-traversal"),
-    pytest.param({"model": "mlp-001\n", "input_data": ROW}, 400, "invalid model name",
-                 id="model-newline"),
-    pytest.param({"model": "a..b", "input_data": ROW}, 400, "invalid model name",
-                 id="model-dotdot"),
-    pytest.param({"model": 5, "input_data": ROW}, 400, "'model' must be a string",
-                 id="model-not-a-string"),
-    pytest.param({"model": "mlp-001", "version": 1, "input_data": ROW}, 400,
-                 "'version' must be a string", id="version-not-a-string"),
+    pytest.param(
+        {"model": "no-such-model", "input_data": ROW},
+        404,
+        "'no-such-model' not found",
+        id="unknown-model",
+    ),
+    pytest.param(
+        {"model": "mlp-001", "version": "7", "input_data": ROW},
+        404,
+        "no version or alias '7'",
+        id="unknown-version",
+    ),
+    pytest.param({"version": "beta", "input_data": "sample"}, 404, "'beta'", id="unknown-alias"),
+    pytest.param(
+        {"model": "../../etc/passwd", "input_data": ROW},
+        400,
+        "invalid model name",
+        id="model-traversal",
+    ),
+    pytest.param(
+        {"model": "mlp-001", "version": "../1", "input_data": ROW},
+        400,
+        "invalid version name",
+        id="version-traversal",
+    ),
+    pytest.param({"model": "mlp-001\n", "input_data": ROW}, 400, "invalid model name", id="model-newline"),
+    pytest.param({"model": "a..b", "input_data": ROW}, 400, "invalid model name", id="model-dotdot"),
+    pytest.param({"model": 5, "input_data": ROW}, 400, "'model' must be a string", id="model-not-a-string"),
+    pytest.param(
+        {"model": "mlp-001", "version": 1, "input_data": ROW},
+        400,
+        "'version' must be a string",
+        id="version-not-a-string",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("body", "status", "match"), BAD_PREDICT)
-def test_predict_bad_input(config: ServerConfig, body: bytes | dict[str, Any], status: int,
-                           match: str) -> None:
+def test_predict_bad_input(
+    config: ServerConfig, body: bytes | dict[str, Any], status: int, match: str
+) -> None:
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> httpx.Response:
         if isinstance(body, bytes):
-            return await client.post("/predict", content=body,
-                                      headers={"content-type": "application/json"})
+            return await client.post("/predict", content=body, headers={"content-type": "application/json"})
         return await client.post("/predict", json=body)
 
     assert_error(serve(config, scenario), status, match)
@@ -571,14 +671,27 @@ def test_predict_nan_and_huge_batches_are_refused(config: ServerConfig, demo_cat
 
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
         rows = np.zeros((3, 64), dtype=np.float32)
-        assert_error(await client.post("/predict", json={"model": "mlp-001",
-                                                         "input_data": rows.tolist()}),
-                     400, "batch of 3 exceeds 2")
+        assert_error(
+            await client.post("/predict", json={"model": "mlp-001", "input_data": rows.tolist()}),
+            400,
+            "batch of 3 exceeds 2",
+        )
         rows[0, 0] = np.nan
-        header = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                                           "parameters": {"binary_data_size": 256}}]})
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": 256},
+                    }
+                ]
+            }
+        )
         nan = await client.post(
-            "/v2/models/mlp-001/infer", content=header + rows[:1].tobytes(),
+            "/v2/models/mlp-001/infer",
+            content=header + rows[:1].tobytes(),
             headers={"Inference-Header-Content-Length": str(len(header))},
         )
         assert_error(nan, 400, "NaN or infinity")
@@ -588,8 +701,7 @@ def test_predict_nan_and_huge_batches_are_refused(config: ServerConfig, demo_cat
 
 def test_header_names_are_validated(config: ServerConfig) -> None:
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
-        response = await client.post("/predict", json={"input_data": ROW},
-                                     headers={"x-model": "../mlp-001"})
+        response = await client.post("/predict", json={"input_data": ROW}, headers={"x-model": "../mlp-001"})
         assert_error(response, 400, "invalid model name")
 
     serve(config, scenario)
@@ -598,59 +710,122 @@ def test_header_names_are_validated(config: ServerConfig) -> None:
 BAD_INFER = [
     pytest.param("/v2/models/mlp-001/infer", b"{", {}, 400, "malformed JSON", id="malformed"),
     pytest.param("/v2/models/mlp-001/infer", b"[]", {}, 400, "JSON object", id="array-body"),
-    pytest.param("/v2/models/mlp-001/infer", {}, {}, 400, "'inputs' must be a non-empty list",
-                 id="no-inputs"),
-    pytest.param("/v2/models/mlp-001/infer", {"inputs": []}, {}, 400, "non-empty list",
-                 id="empty-inputs"),
-    pytest.param("/v2/models/mlp-001/infer", {"inputs": [5]}, {}, 400, "unknown input",
-                 id="input-not-an-object"),
-    pytest.param("/v2/models/mlp-001/infer",
-                 {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
-                              "data": ROW}]}, {}, 400, "unknown input 'x'", id="unknown-input"),
-    pytest.param("/v2/models/mlp-001/infer",
-                 {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP64",
-                              "data": ROW}]}, {}, 400, "does not match the model's FP32",
-                 id="datatype"),
-    pytest.param("/v2/models/mlp-001/infer",
-                 {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
-                              "data": ROW}]}, {}, 400, "do not fit shape", id="size"),
-    pytest.param("/v2/models/mlp-001/infer",
-                 {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32",
-                              "data": ROW[:32]}]}, {}, 400, "dimension 1 must be 64",
-                 id="shape"),
-    pytest.param("/v2/models/mlp-001/infer",
-                 {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                              "data": ROW}], "outputs": [{"name": "nope"}]}, {}, 400,
-                 "unknown output 'nope'", id="unknown-output"),
-    pytest.param("/v2/models/mlp-001/infer", b'{"inputs": []}',
-                 {"Inference-Header-Content-Length": "abc"}, 400,
-                 "bad inference-header-content-length", id="binary-header-not-a-number"),
-    pytest.param("/v2/models/mlp-001/infer", b'{"inputs": []}',
-                 {"Inference-Header-Content-Length": "999"}, 400,
-                 "bad inference-header-content-length", id="binary-header-too-long"),
-    pytest.param("/v2/models/mlp-001/infer",
-                 {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                              "parameters": {"binary_data_size": 256}}]}, {}, 400,
-                 "bad binary_data_size 256", id="binary-size-beyond-body"),
-    pytest.param("/v2/models/no-such/infer", {"inputs": []}, {}, 404, "'no-such' not found",
-                 id="unknown-model"),
-    pytest.param("/v2/models/mlp-001/versions/3/infer", {"inputs": []}, {}, 404, "'3'",
-                 id="unknown-version"),
-    pytest.param("/v2/models/a..b/infer", {"inputs": []}, {}, 400, "invalid model name",
-                 id="model-dotdot"),
-    pytest.param("/v2/models/.hidden/infer", {"inputs": []}, {}, 400, "invalid model name",
-                 id="model-dot"),
-    pytest.param("/v2/models/mlp-001/versions/..1/infer", {"inputs": []}, {}, 400,
-                 "invalid version name", id="version-dotdot"),
+    pytest.param(
+        "/v2/models/mlp-001/infer", {}, {}, 400, "'inputs' must be a non-empty list", id="no-inputs"
+    ),
+    pytest.param("/v2/models/mlp-001/infer", {"inputs": []}, {}, 400, "non-empty list", id="empty-inputs"),
+    pytest.param(
+        "/v2/models/mlp-001/infer",
+        {"inputs": [5]},
+        {},
+        400,
+        "unknown input",
+        id="input-not-an-object",
+    ),
+    pytest.param(
+        "/v2/models/mlp-001/infer",
+        {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": ROW}]},
+        {},
+        400,
+        "unknown input 'x'",
+        id="unknown-input",
+    ),
+    pytest.param(
+        "/v2/models/mlp-001/infer",
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP64", "data": ROW}]},
+        {},
+        400,
+        "does not match the model's FP32",
+        id="datatype",
+    ),
+    pytest.param(
+        "/v2/models/mlp-001/infer",
+        {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": ROW}]},
+        {},
+        400,
+        "do not fit shape",
+        id="size",
+    ),
+    pytest.param(
+        "/v2/models/mlp-001/infer",
+        {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": ROW[:32]}]},
+        {},
+        400,
+        "dimension 1 must be 64",
+        id="shape",
+    ),
+    pytest.param(
+        "/v2/models/mlp-001/infer",
+        {
+            "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ROW}],
+            "outputs": [{"name": "nope"}],
+        },
+        {},
+        400,
+        "unknown output 'nope'",
+        id="unknown-output",
+    ),
+    pytest.param(
+        "/v2/models/mlp-001/infer",
+        b'{"inputs": []}',
+        {"Inference-Header-Content-Length": "abc"},
+        400,
+        "bad inference-header-content-length",
+        id="binary-header-not-a-number",
+    ),
+    pytest.param(
+        "/v2/models/mlp-001/infer",
+        b'{"inputs": []}',
+        {"Inference-Header-Content-Length": "999"},
+        400,
+        "bad inference-header-content-length",
+        id="binary-header-too-long",
+    ),
+    pytest.param(
+        "/v2/models/mlp-001/infer",
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 256},
+                }
+            ]
+        },
+        {},
+        400,
+        "bad binary_data_size 256",
+        id="binary-size-beyond-body",
+    ),
+    pytest.param(
+        "/v2/models/no-such/infer",
+        {"inputs": []},
+        {},
+        404,
+        "'no-such' not found",
+        id="unknown-model",
+    ),
+    pytest.param("/v2/models/mlp-001/versions/3/infer", {"inputs": []}, {}, 404, "'3'", id="unknown-version"),
+    pytest.param("/v2/models/a..b/infer", {"inputs": []}, {}, 400, "invalid model name", id="model-dotdot"),
+    pytest.param("/v2/models/.hidden/infer", {"inputs": []}, {}, 400, "invalid model name", id="model-dot"),
+    pytest.param(
+        "/v2/models/mlp-001/versions/..1/infer",
+        {"inputs": []},
+        {},
+        400,
+        "invalid version name",
+        id="version-dotdot",
+    ),
     pytest.param("/v2/models/a..b/ready", None, {}, 400, "invalid model name", id="ready-name"),
-    pytest.param("/v2/models/bad%24name", None, {}, 400, "invalid model name",
-                 id="metadata-name"),
+    pytest.param("/v2/models/bad%24name", None, {}, 400, "invalid model name", id="metadata-name"),
 ]
 
 
 @pytest.mark.parametrize(("path", "body", "headers", "status", "match"), BAD_INFER)
-def test_oip_bad_input(config: ServerConfig, path: str, body: Any, headers: dict[str, str],
-                       status: int, match: str) -> None:
+def test_oip_bad_input(
+    config: ServerConfig, path: str, body: Any, headers: dict[str, str], status: int, match: str
+) -> None:
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> httpx.Response:
         if body is None:
             return await client.get(path)
@@ -661,34 +836,37 @@ def test_oip_bad_input(config: ServerConfig, path: str, body: Any, headers: dict
     assert_error(serve(config, scenario), status, match)
 
 
-_PARAMS_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG http._infer/_oip_response: a non-object 'parameters' (input, output or request) "
-    "raises AttributeError on .get(), an unhashable 'name' raises TypeError on the dict lookup; "
-    "the guard turns both into HTTP 500 instead of 400",
-)
-
-
 @pytest.mark.parametrize(
     "patch",
     [
-        pytest.param({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                                  "data": ROW, "parameters": "binary"}]},
-                     marks=_PARAMS_BUG, id="input-parameters"),
-        pytest.param({"inputs": [{"name": ["input"], "shape": [1, 64], "datatype": "FP32",
-                                  "data": ROW}]}, marks=_PARAMS_BUG, id="input-name-list"),
-        pytest.param({"parameters": ["binary_data_output"]}, marks=_PARAMS_BUG,
-                     id="request-parameters"),
-        pytest.param({"outputs": [{"name": "logits", "parameters": 1}]}, marks=_PARAMS_BUG,
-                     id="output-parameters"),
-        pytest.param({"outputs": [{"name": ["logits"]}]}, marks=_PARAMS_BUG,
-                     id="output-name-list"),
+        pytest.param(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "data": ROW,
+                        "parameters": "binary",
+                    }
+                ]
+            },
+            id="input-parameters",
+        ),
+        pytest.param(
+            {"inputs": [{"name": ["input"], "shape": [1, 64], "datatype": "FP32", "data": ROW}]},
+            id="input-name-list",
+        ),
+        pytest.param({"parameters": ["binary_data_output"]}, id="request-parameters"),
+        pytest.param(
+            {"outputs": [{"name": "logits", "parameters": 1}]},
+            id="output-parameters",
+        ),
+        pytest.param({"outputs": [{"name": ["logits"]}]}, id="output-name-list"),
         pytest.param({"outputs": ["logits"]}, id="output-not-an-object"),
     ],
 )
-def test_oip_malformed_fields_are_client_errors(config: ServerConfig,
-                                                patch: dict[str, Any]) -> None:
+def test_oip_malformed_fields_are_client_errors(config: ServerConfig, patch: dict[str, Any]) -> None:
     body = _infer_body(ROWS[:1]) | patch
 
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> httpx.Response:
@@ -708,10 +886,14 @@ def test_oversized_bodies_are_refused(demo_catalog: Path) -> None:
 
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
         assert_error(await client.post("/predict", json=big), 413, "exceeds the 1024-byte limit")
-        assert_error(await client.post("/v2/models/mlp-001/infer", json=_infer_body(ROWS)), 413,
-                     "1024-byte limit")
-        streamed = await client.post("/predict", content=chunks(),
-                                     headers={"content-type": "application/json"})
+        assert_error(
+            await client.post("/v2/models/mlp-001/infer", json=_infer_body(ROWS)),
+            413,
+            "1024-byte limit",
+        )
+        streamed = await client.post(
+            "/predict", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert "content-length" not in streamed.request.headers
         assert_error(streamed, 413, "1024-byte limit")
         # Under the limit still works.
@@ -745,8 +927,7 @@ def corrupt_root(demo_catalog: Path, tmp_path: Path) -> Path:
 
 def test_corrupt_artifact_is_refused_and_the_server_keeps_serving(corrupt_root: Path) -> None:
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
-        corrupt = await client.post("/predict", json={"model": "mlp-001", "version": "2",
-                                                      "input_data": ROW})
+        corrupt = await client.post("/predict", json={"model": "mlp-001", "version": "2", "input_data": ROW})
         error = assert_error(corrupt, 422, "sha256 mismatch")
         assert "'mlp-001' version '2'" in error
         assert "mlp-001:2" not in plane.cache
@@ -760,8 +941,7 @@ def test_corrupt_artifact_is_refused_and_the_server_keeps_serving(corrupt_root: 
         assert entry["state"] == "UNAVAILABLE" and "sha256" in entry["reason"]
 
         # Everything else still answers.
-        v1 = await client.post("/predict", json={"model": "mlp-001", "version": "1",
-                                                 "input_data": ROW})
+        v1 = await client.post("/predict", json={"model": "mlp-001", "version": "1", "input_data": ROW})
         assert v1.status_code == 200 and v1.json()["version"] == "1"
         text = await client.post("/predict", json={"input_data": "sample text"})
         assert text.status_code == 200, text.text
@@ -777,8 +957,7 @@ def test_corrupt_artifact_is_refused_and_the_server_keeps_serving(corrupt_root: 
         artifact = corrupt_root / "mlp-001" / "2" / "model.onnx"
         artifact.write_bytes((corrupt_root / "mlp-001" / "1" / "model.onnx").read_bytes())
         assert (await client.post("/v2/repository/models/mlp-001/load")).status_code == 200
-        fixed = await client.post("/predict", json={"model": "mlp-001", "version": "2",
-                                                    "input_data": ROW})
+        fixed = await client.post("/predict", json={"model": "mlp-001", "version": "2", "input_data": ROW})
         assert fixed.status_code == 200, fixed.text
         assert fixed.json()["outputs"] == v1.json()["outputs"]
 

@@ -55,8 +55,18 @@ def render(
         if os.environ.get("MANYMODELS_REQUIRE_HELM") == "1":
             pytest.fail("charts/kuberay-operator missing: run ci/chart-deps.sh")
         pytest.skip("dependency not materialised (ci/chart-deps.sh)")
-    cmd = [_helm(), "template", "t", str(ROOT), "--namespace", "models",
-           "--kube-version", KUBE_VERSION, "--show-only", "templates/rayservice.yaml"]
+    cmd = [
+        _helm(),
+        "template",
+        "t",
+        str(ROOT),
+        "--namespace",
+        "models",
+        "--kube-version",
+        KUBE_VERSION,
+        "--show-only",
+        "templates/rayservice.yaml",
+    ]
     if values_file:
         cmd += ["-f", str(ROOT / values_file)]
     if overrides:
@@ -126,9 +136,13 @@ def test_values_schema_matches_the_app_models():
     user = schema["properties"]["modelServer"]["properties"]["userConfig"]
     server = app_config.ServerConfig
     assert _schema_fields(user) == _model_fields(server)
-    nested = {"store": app_config.StoreConfig, "cache": app_config.CacheConfig,
-              "limits": app_config.Limits, "runtime": app_config.RuntimeSettings,
-              "http": app_config.ListenConfig}
+    nested = {
+        "store": app_config.StoreConfig,
+        "cache": app_config.CacheConfig,
+        "limits": app_config.Limits,
+        "runtime": app_config.RuntimeSettings,
+        "http": app_config.ListenConfig,
+    }
     for key, model in nested.items():
         assert _schema_fields(user["properties"][key]) == _model_fields(model), key
     model_options = schema["definitions"]["modelOptions"]

@@ -140,15 +140,18 @@ class ModelCache(Generic[V]):
 
     # -- residency ------------------------------------------------------------------------------
 
-    def _admit(self, key: str, value: V, size: int, cost: float,
-               flight: _Flight) -> list[tuple[str, V]]:
+    def _admit(
+        self, key: str, value: V, size: int, cost: float, flight: _Flight
+    ) -> list[tuple[str, V]]:
         """Keep ``value`` if it fits and is admitted; returns the evicted (key, value) pairs."""
         if flight.discarded:
             return []
         if size > self._capacity:
             self._rejected += 1
-            raise CacheFull(f"model {key!r} needs {size} bytes, more than the cache capacity of "
-                            f"{self._capacity} bytes")
+            raise CacheFull(
+                f"model {key!r} needs {size} bytes, more than the cache capacity of "
+                f"{self._capacity} bytes"
+            )
         need = self._resident_bytes + size - self._capacity
         victims: list[str] = []
         if need > 0:
@@ -158,7 +161,8 @@ class ModelCache(Generic[V]):
                 raise CacheFull(
                     f"model {key!r} needs {size} bytes but only "
                     f"{self._capacity - self._pinned_bytes()} of the cache capacity of "
-                    f"{self._capacity} bytes are not pinned")
+                    f"{self._capacity} bytes are not pinned"
+                )
             victims = found
         pinned = key in self._pinned
         if not (flight.force or pinned) and not self._policy.admit(key, size, cost, victims):
@@ -241,10 +245,18 @@ class ModelCache(Generic[V]):
 
     def stats(self) -> CacheStats:
         return CacheStats(
-            hits=self._hits, misses=self._misses, evictions=self._evictions, loads=self._loads,
-            load_failures=self._load_failures, rejected=self._rejected,
-            load_seconds_total=self._load_seconds, resident_bytes=self._resident_bytes,
-            capacity_bytes=self._capacity, entries=len(self._values), pinned=len(self._pinned))
+            hits=self._hits,
+            misses=self._misses,
+            evictions=self._evictions,
+            loads=self._loads,
+            load_failures=self._load_failures,
+            rejected=self._rejected,
+            load_seconds_total=self._load_seconds,
+            resident_bytes=self._resident_bytes,
+            capacity_bytes=self._capacity,
+            entries=len(self._values),
+            pinned=len(self._pinned),
+        )
 
 
 def _check_capacity(capacity_bytes: int) -> None:

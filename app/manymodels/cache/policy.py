@@ -165,14 +165,28 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
 
     name = "tinylfu-gdsf"
 
-    def __init__(self, *, sketch_width: int = 1 << 15, sample_factor: float = 32,
-                 min_sample: int = 1024, refresh: bool = True, max_count: int = 255,
-                 climb: bool = True, factor_range: tuple[float, float] = (8, 256),
-                 step: float = 1.5, shape: str = "linear") -> None:
+    def __init__(
+        self,
+        *,
+        sketch_width: int = 1 << 15,
+        sample_factor: float = 32,
+        min_sample: int = 1024,
+        refresh: bool = True,
+        max_count: int = 255,
+        climb: bool = True,
+        factor_range: tuple[float, float] = (8, 256),
+        step: float = 1.5,
+        shape: str = "linear",
+        admit_mode: str = "strict",
+        count_saturated: bool = True,
+    ) -> None:
         super().__init__()
         import math
+
         self._shape = {"linear": float, "sqrt": math.sqrt, "log": lambda f: math.log2(1 + f)}[shape]
         self.refresh = refresh
+        self._admit_mode = admit_mode
+        self._count_saturated = count_saturated
         # Aging period = factor x peak resident entries (Caffeine uses 10x its maximum size): long
         # enough to rank models near the eviction margin, short enough to follow drift. Which is
         # better depends on the traffic, so a hill climber moves the factor after every aging
@@ -186,8 +200,10 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
         self._direction = 1
         self._last_ratio: float | None = None
         self._period_hits = self._period_requests = 0
-        self.sketch = FrequencySketch(width=sketch_width, sample_size=min_sample,
-                                      max_count=max_count)
+        self.sketch = FrequencySketch(
+            width=sketch_width, sample_size=min_sample, max_count=max_count
+        )
+        self.sketch.count_saturated = count_saturated
 
     def _resize_sample(self) -> None:
         self.sketch.sample_size = max(self._min_sample, int(self.sample_factor * self._high_water))
@@ -213,7 +229,7 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
         self._last_ratio = ratio
         self._period_hits = self._period_requests = 0
         lo, hi = self._factor_range
-        self.sample_factor = min(hi, max(lo, self.sample_factor * self._step ** self._direction))
+        self.sample_factor = min(hi, max(lo, self.sample_factor * self._step**self._direction))
         self._resize_sample()
 
     def _refresh(self) -> None:
@@ -234,14 +250,14 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
             self._resize_sample()
 
     def admit(self, key: str, size: int, cost: float, victims: list[str]) -> bool:
-        if not victims:
+        if not victims or self._admit_mode == "off":
             return True
         gain = max(self.sketch.estimate(key), 1) * max(cost, _MIN_COST)
         loss = 0.0
         for victim in victims:
             entry = self._entries[victim]
             loss += max(self.sketch.estimate(victim), 1) * entry.cost
-            if loss >= gain:
+            if loss > gain or (loss == gain and self._admit_mode == "strict"):
                 return False
         return True
 
@@ -256,4 +272,6 @@ def make_policy(name: str) -> EvictionPolicy:
     try:
         return POLICIES[name]()
     except KeyError:
-        raise ValueError(f"unknown cache policy {name!r}; choose one of {sorted(POLICIES)}") from None
+        raise ValueError(
+            f"unknown cache policy {name!r}; choose one of {sorted(POLICIES)}"
+        ) from None

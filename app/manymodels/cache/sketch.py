@@ -23,8 +23,13 @@ class FrequencySketch:
     """``depth`` rows of ``width`` one-byte counters; estimates are never below the true count
     (within the current aging period) and exceed it only on hash collisions."""
 
-    def __init__(self, width: int = 1 << 15, depth: int = 4, sample_size: int = 10_000,
-                 max_count: int = _MAX_COUNT) -> None:
+    def __init__(
+        self,
+        width: int = 1 << 15,
+        depth: int = 4,
+        sample_size: int = 10_000,
+        max_count: int = _MAX_COUNT,
+    ) -> None:
         if width <= 0 or width & (width - 1):
             raise ValueError(f"sketch width must be a power of two, got {width}")
         if depth < 1 or sample_size < 1:
@@ -40,6 +45,7 @@ class FrequencySketch:
         self.sample_size = sample_size
         self._additions = 0
         self.resets = 0
+        self.count_saturated = True
 
     def _indexes(self, key: str) -> list[int]:
         h = _key_hash(key)
@@ -55,12 +61,13 @@ class FrequencySketch:
         t = self._table
         idx = self._indexes(key)
         low = min(t[i] for i in idx)
-        if low >= self.max_count:
+        if low < self.max_count:
+            # Conservative update: raise only the minimal counters; cuts collision overestimates.
+            for i in idx:
+                if t[i] == low:
+                    t[i] = low + 1
+        elif not self.count_saturated:
             return
-        # Conservative update: raise only the minimal counters; cuts collision overestimates.
-        for i in idx:
-            if t[i] == low:
-                t[i] = low + 1
         self._additions += 1
         if self._additions >= self.sample_size:
             self._halve()

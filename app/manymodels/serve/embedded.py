@@ -36,11 +36,19 @@ class EmbeddedServer:
     def __init__(self, config: ServerConfig, metrics: Metrics, host: str, port: int) -> None:
         self.plane = DataPlane(config, metrics)
         self._app = build_http_app(self.plane)
-        self._uvicorn = uvicorn.Server(uvicorn.Config(
-            self._app, host=host, port=port, log_level="warning",
-            access_log=False, lifespan="off", http="httptools", timeout_keep_alive=75,
-            backlog=2048,
-        ))
+        self._uvicorn = uvicorn.Server(
+            uvicorn.Config(
+                self._app,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                http="httptools",
+                timeout_keep_alive=75,
+                backlog=2048,
+            )
+        )
         self.loop = _new_loop()
         self._thread = threading.Thread(target=self._run, name="mm-http", daemon=True)
         self._started = threading.Event()

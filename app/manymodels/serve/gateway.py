@@ -13,10 +13,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
-
 from ray import serve
-from starlette.requests import Request
 from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
 from starlette.responses import Response
 
 from manymodels.config import GATEWAY, GatewayConfig
@@ -79,7 +78,10 @@ class Gateway:
     async def __call__(self, request: Request) -> Response:
         """Ray's own proxy lands here (the slow path, kept for Serve-native clients): forward it."""
         status, headers, body = await self._model_server.handle_http.remote(
-            request.method, request.url.path, request.url.query, list(request.headers.items()),
+            request.method,
+            request.url.path,
+            request.url.query,
+            list(request.headers.items()),
             await request.body(),
         )
         return Response(body, status_code=status, headers=dict(headers))

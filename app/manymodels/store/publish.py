@@ -51,8 +51,16 @@ def publish_version(
         raise InvalidName(f"artifact file name {src.name!r} is not a plain file name")
     # Validate every field before copying anything; hash and size are filled in after the copy.
     draft = ModelManifest(
-        name=model, version=version, runtime=runtime, format=format, artifact=src.name,
-        sha256=_ZERO_SHA, size_bytes=0, inputs=inputs, outputs=outputs, description=description,
+        name=model,
+        version=version,
+        runtime=runtime,
+        format=format,
+        artifact=src.name,
+        sha256=_ZERO_SHA,
+        size_bytes=0,
+        inputs=inputs,
+        outputs=outputs,
+        description=description,
     )
     fs, base = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
     folder = "/".join((base.rstrip("/"), model, version))

@@ -53,7 +53,7 @@ class RemoteStore(ModelStore):
             return None
         versions = []
         for name in files:
-            rel = name[len(base):].split("/") if name.startswith(base) else []
+            rel = name[len(base) :].split("/") if name.startswith(base) else []
             if len(rel) == 2 and rel[1] == MANIFEST:
                 versions.append(rel[0])
         return versions

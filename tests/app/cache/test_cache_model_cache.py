@@ -20,9 +20,14 @@ class FakeClock:
         return self.now
 
 
-def loader(value: object, size: int, calls: list[str] | None = None, *,
-           clock: FakeClock | None = None,
-           cost: float = 0.0) -> Callable[[], Awaitable[tuple[object, int]]]:
+def loader(
+    value: object,
+    size: int,
+    calls: list[str] | None = None,
+    *,
+    clock: FakeClock | None = None,
+    cost: float = 0.0,
+) -> Callable[[], Awaitable[tuple[object, int]]]:
     async def load() -> tuple[object, int]:
         if calls is not None:
             calls.append(str(value))
@@ -303,7 +308,8 @@ def test_different_keys_load_concurrently() -> None:
             return "B", 1
 
         return await asyncio.wait_for(
-            asyncio.gather(cache.get_or_load("a", load_a), cache.get_or_load("b", load_b)), 5)
+            asyncio.gather(cache.get_or_load("a", load_a), cache.get_or_load("b", load_b)), 5
+        )
 
     assert run(main()) == ["A", "B"]
 

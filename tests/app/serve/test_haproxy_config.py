@@ -58,8 +58,9 @@ def test_render_passes_haproxy_check(checker: HAProxyProcess, n: int) -> None:
 
 
 def test_render_settings(checker: HAProxyProcess) -> None:
-    config = GatewayConfig(host="0.0.0.0", port=9000, balance_factor=125, max_body_bytes="1Mi",
-                           health_interval_ms=250)
+    config = GatewayConfig(
+        host="0.0.0.0", port=9000, balance_factor=125, max_body_bytes="1Mi", health_interval_ms=250
+    )
     text = render(config, endpoints(3), nbthread=4)
     checker.check(text)
     assert "hash-balance-factor 125" in text
@@ -133,8 +134,10 @@ def backend(server_id: str) -> ThreadingHTTPServer:
 @pytest.fixture
 def backends() -> Iterator[dict[str, Endpoint]]:
     servers = {name: backend(name) for name in ("a", "b")}
-    yield {name: Endpoint(f"replica-{name}", "127.0.0.1", s.server_address[1])
-           for name, s in servers.items()}
+    yield {
+        name: Endpoint(f"replica-{name}", "127.0.0.1", s.server_address[1])
+        for name, s in servers.items()
+    }
     for server in servers.values():
         server.shutdown()
         server.server_close()
@@ -148,11 +151,13 @@ def port_open(port: int) -> bool:
         return False
 
 
-def test_haproxy_routes_each_model_to_one_replica(tmp_path: Path,
-                                                  backends: dict[str, Endpoint]) -> None:
+def test_haproxy_routes_each_model_to_one_replica(
+    tmp_path: Path, backends: dict[str, Endpoint]
+) -> None:
     port = free_port()
-    config = GatewayConfig(host="127.0.0.1", port=port, health_interval_ms=100,
-                           max_body_bytes="4Ki")
+    config = GatewayConfig(
+        host="127.0.0.1", port=port, health_interval_ms=100, max_body_bytes="4Ki"
+    )
     proc = HAProxyProcess(workdir=str(tmp_path / "haproxy"))
     try:
         proc.apply(render(config, sorted(backends.values())))

@@ -106,9 +106,14 @@ def test_metrics_cover_every_replica(served) -> None:
         if line.startswith("manymodels_cache_capacity_bytes")
     }
     assert len(replicas) == 2
-    for family in ("manymodels_requests_total", "manymodels_request_seconds_bucket",
-                   "manymodels_cache_hits_total", "manymodels_cache_loads_total",
-                   "manymodels_cache_resident_bytes", "manymodels_model_load_seconds_count"):
+    for family in (
+        "manymodels_requests_total",
+        "manymodels_request_seconds_bucket",
+        "manymodels_cache_hits_total",
+        "manymodels_cache_loads_total",
+        "manymodels_cache_resident_bytes",
+        "manymodels_model_load_seconds_count",
+    ):
         assert family in text
 
 
@@ -158,8 +163,10 @@ def test_alias_switch_under_load_fails_nothing(served) -> None:
     assert versions["1"] > 0 and versions["2"] > 0, versions
     assert all(v == "2" for _, v in seen[-40:])
     assert len(seen) > 100
-    print(f"alias switch: {len(seen)} requests, 0 failed, v2 visible "
-          f"{min(t for t, v in seen if v == '2') - switched_at:.2f}s after submit")
+    print(
+        f"alias switch: {len(seen)} requests, 0 failed, v2 visible "
+        f"{min(t for t, v in seen if v == '2') - switched_at:.2f}s after submit"
+    )
 
 
 def test_corrupt_version_is_refused_and_old_keeps_serving(served) -> None:
@@ -167,8 +174,15 @@ def test_corrupt_version_is_refused_and_old_keeps_serving(served) -> None:
     assert before.status_code == 200 and before.json()["version"] == "1"
     v1 = LocalStore(served.root).manifest("mlp-003", "1")
     src = served.root / "mlp-003" / "1" / v1.artifact
-    publish_version(served.root, "mlp-003", "2", runtime="onnx", artifact=src,
-                    inputs=list(v1.inputs), outputs=list(v1.outputs))
+    publish_version(
+        served.root,
+        "mlp-003",
+        "2",
+        runtime="onnx",
+        artifact=src,
+        inputs=list(v1.inputs),
+        outputs=list(v1.outputs),
+    )
     corrupt = served.root / "mlp-003" / "2" / v1.artifact
     data = bytearray(corrupt.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -22,15 +22,25 @@ def publish(tmp_path: Path) -> Publish:
     sources.mkdir()
 
     def _publish(
-        root: str | Path, model: str, version: str, data: bytes | None = None,
-        name: str = "model.onnx", **kwargs: object,
+        root: str | Path,
+        model: str,
+        version: str,
+        data: bytes | None = None,
+        name: str = "model.onnx",
+        **kwargs: object,
     ) -> ModelManifest:
         src = sources / uuid.uuid4().hex / name
         src.parent.mkdir()
         src.write_bytes(data if data is not None else f"{model}:{version}".encode() * 100)
         return publish_version(
-            root, model, version, runtime="onnx", artifact=src,
-            inputs=INPUTS, outputs=OUTPUTS, **kwargs,
+            root,
+            model,
+            version,
+            runtime="onnx",
+            artifact=src,
+            inputs=INPUTS,
+            outputs=OUTPUTS,
+            **kwargs,
         )
 
     return _publish

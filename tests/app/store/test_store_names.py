@@ -12,8 +12,23 @@ def test_valid_names_pass_unchanged(value: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["../x", "a/b", "", "..", ".", "a..b", ".hidden", "-x", "a\\b", "a b", "a\n", "x" * 129,
-     "caf\u00e9", None, 3],
+    [
+        "../x",
+        "a/b",
+        "",
+        "..",
+        ".",
+        "a..b",
+        ".hidden",
+        "-x",
+        "a\\b",
+        "a b",
+        "a\n",
+        "x" * 129,
+        "caf\u00e9",
+        None,
+        3,
+    ],
 )
 def test_invalid_names_raise_invalid_name(value: object) -> None:
     with pytest.raises(InvalidName) as info:
@@ -40,18 +55,34 @@ def test_numeric_versions_sort_numerically() -> None:
 
 def test_mixed_versions_sort_naturally_and_deterministically() -> None:
     assert sort_versions(["1.10", "1.9", "1.9b", "v2", "v10", "1"]) == [
-        "1", "1.9", "1.9b", "1.10", "v2", "v10",
+        "1",
+        "1.9",
+        "1.9b",
+        "1.10",
+        "v2",
+        "v10",
     ]
     assert sort_versions(["01", "1"]) == sort_versions(["1", "01"]) == ["01", "1"]
     assert sort_versions(["b", "a", "2024-01-02", "2024-01-10"]) == [
-        "2024-01-02", "2024-01-10", "a", "b",
+        "2024-01-02",
+        "2024-01-10",
+        "a",
+        "b",
     ]
 
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("model.onnx", True), ("a/b", False), ("..\\x", False), ("", False), (".x", False),
-     ("..", False), ("x\0", False), ("m" * 256, False)],
+    [
+        ("model.onnx", True),
+        ("a/b", False),
+        ("..\\x", False),
+        ("", False),
+        (".x", False),
+        ("..", False),
+        ("x\0", False),
+        ("m" * 256, False),
+    ],
 )
 def test_plain_filename(name: str, ok: bool) -> None:
     assert is_plain_filename(name) is ok

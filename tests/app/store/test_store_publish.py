@@ -17,8 +17,15 @@ def test_manifest_is_written_last_and_matches_the_copy(store_root: Path, tmp_pat
     data = b"torch" * 300_000  # > 1 MiB: several hashing chunks
     src.write_bytes(data)
     manifest = publish_version(
-        store_root, "m", "1", runtime="torch", format="torch_export", artifact=src,
-        inputs=SPEC, outputs=SPEC, description="d",
+        store_root,
+        "m",
+        "1",
+        runtime="torch",
+        format="torch_export",
+        artifact=src,
+        inputs=SPEC,
+        outputs=SPEC,
+        description="d",
     )
     folder = store_root / "m" / "1"
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "net.pt"]
@@ -43,13 +50,15 @@ def test_invalid_fields_write_nothing(store_root: Path, tmp_path: Path) -> None:
     src = tmp_path / "model.onnx"
     src.write_bytes(b"x")
     with pytest.raises(ValueError, match="runtime"):
-        publish_version(store_root, "m", "1", runtime="pickle", artifact=src,
-                        inputs=SPEC, outputs=SPEC)
+        publish_version(
+            store_root, "m", "1", runtime="pickle", artifact=src, inputs=SPEC, outputs=SPEC
+        )
     hidden = tmp_path / ".model.onnx"
     hidden.write_bytes(b"x")
     with pytest.raises(InvalidName, match="artifact"):
-        publish_version(store_root, "m", "1", runtime="onnx", artifact=hidden,
-                        inputs=SPEC, outputs=SPEC)
+        publish_version(
+            store_root, "m", "1", runtime="onnx", artifact=hidden, inputs=SPEC, outputs=SPEC
+        )
     assert list(store_root.iterdir()) == []
 
 
