@@ -159,9 +159,9 @@ class GatewayConfig(_Strict):
         description="model-hash: sticky per model with spill-over; the others ignore the model id",
     )
     balance_factor: int = Field(
-        default=150,
+        default=200,
         ge=101,
-        description="bounded-load consistent hashing: max load in % of the average",
+        description="bounded-load consistent hashing: max load in % of the average (docs/benchmarks.md)",
     )
     max_body_bytes: int = 8 * 2**20
     health_interval_ms: int = Field(default=1000, ge=100)

@@ -2,7 +2,7 @@
 
 The sketch remembers how often keys were requested *including while they were not resident*, in
 constant memory, which is what lets the admission filter tell a returning popular model from a
-one-off. Halving every ``sample_size`` increments ages old popularity out so drift is followed.
+one-off. Halving every ``sample_size`` requests ages old popularity out so drift is followed.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 
-_MAX_COUNT = 255  # one byte per counter; wider than Caffeine's 4 bits so priorities keep resolution
+_COUNTER_LIMIT = 255  # one byte per counter
 
 
 @lru_cache(maxsize=1 << 16)
@@ -20,32 +20,31 @@ def _key_hash(key: str) -> int:
 
 
 class FrequencySketch:
-    """``depth`` rows of ``width`` one-byte counters; estimates are never below the true count
-    (within the current aging period) and exceed it only on hash collisions."""
+    """``depth`` rows of ``width`` counters saturating at ``max_count``. Estimates never fall below
+    the (decayed) true count and exceed it only on hash collisions."""
 
     def __init__(
         self,
         width: int = 1 << 15,
         depth: int = 4,
         sample_size: int = 10_000,
-        max_count: int = _MAX_COUNT,
+        max_count: int = 15,
     ) -> None:
         if width <= 0 or width & (width - 1):
             raise ValueError(f"sketch width must be a power of two, got {width}")
         if depth < 1 or sample_size < 1:
             raise ValueError("sketch depth and sample_size must be positive")
-        if not 1 <= max_count <= _MAX_COUNT:
-            raise ValueError(f"max_count must be in 1..{_MAX_COUNT}, got {max_count}")
+        if not 1 <= max_count <= _COUNTER_LIMIT:
+            raise ValueError(f"max_count must be in 1..{_COUNTER_LIMIT}, got {max_count}")
         self.max_count = max_count
+        self.sample_size = sample_size
+        self.resets = 0
         self._width = width
         self._depth = depth
         self._mask = width - 1
         self._table = bytearray(width * depth)
         self._halve_mask = int.from_bytes(b"\x7f" * len(self._table), "little")
-        self.sample_size = sample_size
-        self._additions = 0
-        self.resets = 0
-        self.count_saturated = True
+        self._requests = 0
 
     def _indexes(self, key: str) -> list[int]:
         h = _key_hash(key)
@@ -66,10 +65,11 @@ class FrequencySketch:
             for i in idx:
                 if t[i] == low:
                     t[i] = low + 1
-        elif not self.count_saturated:
-            return
-        self._additions += 1
-        if self._additions >= self.sample_size:
+        # Every request advances the aging clock, saturated or not. Counting only successful
+        # increments (as Caffeine does) froze the sketch once hot counters saturated, which made
+        # long aging periods collapse on the drift trace.
+        self._requests += 1
+        if self._requests >= self.sample_size:
             self._halve()
 
     def _halve(self) -> None:
@@ -77,5 +77,5 @@ class FrequencySketch:
         n = int.from_bytes(self._table, "little")
         n = (n >> 1) & self._halve_mask
         self._table[:] = n.to_bytes(len(self._table), "little")
-        self._additions //= 2
+        self._requests = 0
         self.resets += 1

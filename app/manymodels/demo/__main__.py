@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
-from manymodels.config import app_settings, load_serve_config
+from manymodels.cli import say, serve_forever
+from manymodels.config import load_serve_config
 
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
-
-
-def _say(message: str) -> None:
-    print(f"[manymodels] {message}", flush=True)
 
 
 def curl_lines(url: str) -> str:
@@ -49,36 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     root = Path(os.environ["MM_MODEL_ROOT"])
     if not (root / "text-sentiment").exists():
-        _say(f"building the demo catalog in {root} (ONNX and PyTorch models, made locally)")
+        say(f"building the demo catalog in {root} (ONNX and PyTorch models, made locally)")
         from manymodels.demo.catalog import build_demo_catalog
 
         names = build_demo_catalog(root, n_mlp=args.mlp)
-        _say(f"built {len(names)} models")
+        say(f"built {len(names)} models")
     config = load_serve_config(args.config)
-    app_settings(config)
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
-    from manymodels.serve import local
-
-    started = time.monotonic()
-    _say("starting Ray (local, no dashboard)")
-    local.start_ray()
-    try:
-        _say("deploying the Serve application")
-        local.deploy(config)
-        url = local.wait_ready(config, progress=lambda s: _say(f"application status: {s}"))
-        _say(f"ready in {time.monotonic() - started:.1f}s on {url}. Try:")
-        print(curl_lines(url), flush=True)
-        _say("Ctrl-C stops the server")
-        stop.wait()
-        _say("stopping")
-    finally:
-        local.shutdown()
-    _say("stopped")
-    return 0
+    return serve_forever(config, on_ready=lambda url: print("Try:\n" + curl_lines(url), flush=True))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ backend node_metrics
     server gateway 127.0.0.1:{metrics_port}
 """
     servers = "\n".join(
-        f"    server {r.replica.replace('#', '_')[-60:]} {r.host}:{r.port} check" for r in replicas
+        # weight 100: more points per server on the hash ring, so models spread evenly
+        f"    server {r.replica.replace('#', '_')[-60:]} {r.host}:{r.port} check weight 100" for r in replicas
     )
     return f"""\
 global

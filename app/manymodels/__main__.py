@@ -1,0 +1,5 @@
+import sys
+
+from manymodels.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""``python -m manymodels serve --config FILE``: run a Serve config on this machine until stopped.
+
+The container image's standalone entrypoint and ``make demo`` both end up here; on Kubernetes,
+KubeRay submits the same config to the cluster instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from manymodels.config import load_serve_config
+
+
+def say(message: str) -> None:
+    print(f"[manymodels] {message}", flush=True)
+
+
+def serve_forever(config: dict[str, Any], on_ready: Callable[[str], None] | None = None) -> int:
+    """Start local Ray, deploy ``config``, wait for readiness, block until SIGINT/SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    from manymodels.serve import local
+
+    started = time.monotonic()
+    say("starting Ray (local, no dashboard)")
+    local.start_ray()
+    try:
+        say("deploying the Serve application")
+        local.deploy(config)
+        url = local.wait_ready(config, progress=lambda s: say(f"application status: {s}"))
+        say(f"ready in {time.monotonic() - started:.1f}s on {url}")
+        if on_ready:
+            on_ready(url)
+        say("Ctrl-C (or SIGTERM) stops the server")
+        stop.wait()
+        say("stopping")
+    finally:
+        local.shutdown()
+    say("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m manymodels")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run a Serve config (the chart's serveConfigV2 format)")
+    serve.add_argument("--config", required=True, help="Serve config YAML (${VAR:-default} expanded)")
+    sub.add_parser("demo", help="build the demo catalog and serve it (make demo)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        from manymodels.demo.__main__ import main as demo_main
+
+        return demo_main(rest)
+    return serve_forever(load_serve_config(args.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
