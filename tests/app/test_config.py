@@ -245,7 +245,7 @@ def test_demo_serve_config(demo_env: Path) -> None:
     assert server.limits.max_body_bytes == 8 * 2**20
     assert settings.gateway.host == "127.0.0.1"
     assert settings.gateway.port == 8000
-    assert settings.gateway.balance_factor == 150
+    assert settings.gateway.balance_factor == 200
     assert set(settings.deployments) == {"ModelServer", "Gateway"}
     assert settings.deployments["ModelServer"]["num_replicas"] == 2
 

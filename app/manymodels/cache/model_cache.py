@@ -140,17 +140,14 @@ class ModelCache(Generic[V]):
 
     # -- residency ------------------------------------------------------------------------------
 
-    def _admit(
-        self, key: str, value: V, size: int, cost: float, flight: _Flight
-    ) -> list[tuple[str, V]]:
+    def _admit(self, key: str, value: V, size: int, cost: float, flight: _Flight) -> list[tuple[str, V]]:
         """Keep ``value`` if it fits and is admitted; returns the evicted (key, value) pairs."""
         if flight.discarded:
             return []
         if size > self._capacity:
             self._rejected += 1
             raise CacheFull(
-                f"model {key!r} needs {size} bytes, more than the cache capacity of "
-                f"{self._capacity} bytes"
+                f"model {key!r} needs {size} bytes, more than the cache capacity of {self._capacity} bytes"
             )
         need = self._resident_bytes + size - self._capacity
         victims: list[str] = []

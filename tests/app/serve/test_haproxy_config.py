@@ -52,7 +52,7 @@ def test_render_passes_haproxy_check(checker: HAProxyProcess, n: int) -> None:
     servers = [line for line in lines if line.startswith("server ")]
     assert len(servers) == n
     for line, endpoint in zip(servers, endpoints(n), strict=True):
-        assert line.endswith(f"{endpoint.host}:{endpoint.port} check")
+        assert line.endswith(f"{endpoint.host}:{endpoint.port} check weight 100")
         assert "#" not in line
     assert "bind 127.0.0.1:8123" in lines
 
