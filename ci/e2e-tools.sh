@@ -70,6 +70,7 @@ export MANYMODELS_KUBE_VERSION="$KUBE_VERSION"
 export MANYMODELS_KUBERAY_VERSION="$KUBERAY_VERSION"
 export MANYMODELS_KUBERAY_PINNED="v$PINNED"
 export MANYMODELS_KUBERAY_CRDS="$kuberay_dir/crds"
+export MANYMODELS_KWOK_STAGES="$KWOK_DIR/kwok-stages.yaml"
 EOF
 }
 
@@ -108,8 +109,18 @@ build_etcd() {
 }
 
 build_kwok() {
-  GOBIN=$STAGE/bin go install -trimpath -ldflags "-s -w" \
-    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  GOBIN=$STAGE/bin go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  kwok_stages "$STAGE"
+}
+
+# kwok needs Stage configs (how fake nodes and pods change state): the "fast" node and pod stages and
+# the node heartbeat shipped in the same module (kustomize/stage), concatenated into one config file
+kwok_stages() {
+  local dir f
+  dir=$(module_dir "sigs.k8s.io/kwok@$KWOK_VERSION")/kustomize/stage
+  for f in "$dir"/node/fast/node-initialize.yaml "$dir"/node/heartbeat/node-heartbeat.yaml "$dir"/pod/fast/pod-*.yaml; do
+    echo "---"; cat "$f"
+  done >"$1/kwok-stages.yaml"
 }
 
 build_kuberay() {

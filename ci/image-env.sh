@@ -54,7 +54,11 @@ start_daemon() {
         return
     fi
     log "starting dockerd (data-root $MM_DOCKER_DIR/data, log $MM_DOCKER_DIR/dockerd.log)"
-    as_root dockerd --data-root "$MM_DOCKER_DIR/data" --exec-root "$MM_DOCKER_DIR/exec" \
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    # Started directly (not through a shell function) so that $! is dockerd's own pid (or sudo's,
+    # which relays the signal): the trap stops exactly this daemon, and containerd goes with it.
+    "${sudo[@]}" dockerd --data-root "$MM_DOCKER_DIR/data" --exec-root "$MM_DOCKER_DIR/exec" \
         --pidfile "$PIDFILE" -H "unix://$SOCK" >"$MM_DOCKER_DIR/dockerd.log" 2>&1 &
     OWN_DAEMON=$!
     trap stop_daemon EXIT

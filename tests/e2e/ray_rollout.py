@@ -23,6 +23,7 @@ Usage: python tests/e2e/ray_rollout.py --helm HELM [--chart DIR] [--keep]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -96,9 +97,21 @@ def render(helm: str, chart: Path, values: dict, work: Path, revision: int) -> d
     vfile = work / f"values-rev{revision}.yaml"
     vfile.write_text(yaml.safe_dump(values))
     out = subprocess.run(
-        [helm, "template", "mm", str(chart), "-n", "models", "-f", str(vfile),
-         "--show-only", "templates/rayservice.yaml"],
-        check=True, capture_output=True, text=True,
+        [
+            helm,
+            "template",
+            "mm",
+            str(chart),
+            "-n",
+            "models",
+            "-f",
+            str(vfile),
+            "--show-only",
+            "templates/rayservice.yaml",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     assert len(docs) == 1 and docs[0]["kind"] == "RayService", docs
@@ -122,30 +135,65 @@ class RayHead:
     """`ray start --head --block` as our own child process; stopping it (by pid) stops its cluster."""
 
     def __init__(self, work: Path, token: str) -> None:
-        names = ["gcs", "dashboard", "client", "agent_listen", "agent_grpc", "metrics", "runtime_env",
-                 "node_manager", "object_manager"]
+        names = [
+            "gcs",
+            "dashboard",
+            "client",
+            "agent_listen",
+            "agent_grpc",
+            "metrics",
+            "runtime_env",
+            "node_manager",
+            "object_manager",
+        ]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mm-ray-", dir="/tmp"))  # short: Ray's socket paths
         self.log = (work / "ray-start.log").open("w")
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-                    "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
         self.env.pop("RAY_ADDRESS", None)
         ray = str(Path(sys.executable).with_name("ray"))
         p = self.ports
         self.cmd = [
-            ray, "start", "--head", "--block", "--disable-usage-stats",
-            "--node-ip-address", "127.0.0.1", "--port", str(p["gcs"]),
-            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-            "--dashboard-port", str(p["dashboard"]),
-            "--ray-client-server-port", str(p["client"]),
-            "--dashboard-agent-listen-port", str(p["agent_listen"]),
-            "--dashboard-agent-grpc-port", str(p["agent_grpc"]),
-            "--metrics-export-port", str(p["metrics"]),
-            "--runtime-env-agent-port", str(p["runtime_env"]),
-            "--node-manager-port", str(p["node_manager"]),
-            "--object-manager-port", str(p["object_manager"]),
-            "--num-cpus", "4", "--object-store-memory", str(200 * 1024 * 1024),
-            "--temp-dir", str(self.temp_dir),
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(p["gcs"]),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(p["dashboard"]),
+            "--ray-client-server-port",
+            str(p["client"]),
+            "--dashboard-agent-listen-port",
+            str(p["agent_listen"]),
+            "--dashboard-agent-grpc-port",
+            str(p["agent_grpc"]),
+            "--metrics-export-port",
+            str(p["metrics"]),
+            "--runtime-env-agent-port",
+            str(p["runtime_env"]),
+            "--node-manager-port",
+            str(p["node_manager"]),
+            "--object-manager-port",
+            str(p["object_manager"]),
+            "--num-cpus",
+            "4",
+            "--object-store-memory",
+            str(200 * 1024 * 1024),
+            "--temp-dir",
+            str(self.temp_dir),
         ]
         self.proc: subprocess.Popen | None = None
 
@@ -155,8 +203,14 @@ class RayHead:
 
     def start(self) -> None:
         say(f"starting Ray head (dashboard {self.dashboard}, temp dir {self.temp_dir})")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         if self.proc is None:
@@ -174,10 +228,8 @@ class RayHead:
         # command line or was in our process group; end those by pid, never by name
         leftovers = self._processes()
         for pid in leftovers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if leftovers:
             say(f"killed {len(leftovers)} leftover processes of this Ray cluster: {leftovers}")
         self.proc = None
@@ -221,8 +273,9 @@ def app_status(dash: httpx.Client) -> dict:
 
 def put_config(dash: httpx.Client, config: dict) -> None:
     # KubeRay: yaml.Unmarshal(serveConfigV2) -> json.Marshal -> PUT /api/serve/applications/
-    r = dash.put("/api/serve/applications/", content=json.dumps(config),
-                 headers={"Content-Type": "application/json"})
+    r = dash.put(
+        "/api/serve/applications/", content=json.dumps(config), headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 200, (r.status_code, r.text)
 
 
@@ -258,8 +311,10 @@ def smoke(gw: httpx.Client, version: str) -> None:
     body = r.json()
     assert body["model_name"] == "mlp-000" and body["model_version"] == version, body
     assert body["outputs"][0]["shape"] == [1, 10], body
-    say(f"/v2/health/ready, /-/healthz, /predict (text + tensor) and /v2/models/mlp-000/infer OK "
-        f"(version {version})")
+    say(
+        f"/v2/health/ready, /-/healthz, /predict (text + tensor) and /v2/models/mlp-000/infer OK "
+        f"(version {version})"
+    )
 
 
 class Load:
@@ -282,7 +337,9 @@ class Load:
                 n += 1
                 try:
                     r = client.post("/predict", json=body)
-                    outcome = r.json()["version"] if r.status_code == 200 else f"ERR {r.status_code} {r.text[:200]}"
+                    outcome = (
+                        r.json()["version"] if r.status_code == 200 else f"ERR {r.status_code} {r.text[:200]}"
+                    )
                 except Exception as exc:  # noqa: BLE001 -- every failure counts
                     outcome = f"ERR {type(exc).__name__}: {exc}"
                 with self.lock:
@@ -325,14 +382,18 @@ def rollout_under_load(dash: httpx.Client, gw_url: str, config2: dict, before: s
     failures = [v for _, _, v in results if v.startswith("ERR")]
     first_v2 = min(t for t, _, v in results if v == "2") - t_put
     last_v1 = max((t for t, _, v in results if v == "1"), default=t_put) - t_put
-    say(f"under load: {len(results)} requests {dict(counts)}; first v2 answer {first_v2:.2f} s after "
-        f"the PUT, last v1 answer {last_v1:.2f} s after it")
+    say(
+        f"under load: {len(results)} requests {dict(counts)}; first v2 answer {first_v2:.2f} s after "
+        f"the PUT, last v1 answer {last_v1:.2f} s after it"
+    )
     assert not failures, f"{len(failures)} failed requests, e.g. {failures[:5]}"
     status = wait_for("RUNNING after revision 2", lambda: running(dash), timeout=60)
     after = replica_ids(status)
     assert after == before, f"ModelServer replicas changed: {sorted(before)} -> {sorted(after)}"
-    say(f"zero failed requests; answers switched to version 2; the {len(after)} ModelServer replicas "
-        "were reconfigured in place (same replica ids)")
+    say(
+        f"zero failed requests; answers switched to version 2; the {len(after)} ModelServer replicas "
+        "were reconfigured in place (same replica ids)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,8 +406,11 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="mm-e2e-ray-"))
     catalog = work / "models"
-    subprocess.run([sys.executable, "-m", "manymodels.demo.catalog", "--out", str(catalog), "--mlp", "1",
-                    "--no-torch"], check=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "manymodels.demo.catalog", "--out", str(catalog), "--mlp", "1", "--no-torch"],
+        check=True,
+        cwd=ROOT,
+    )
 
     proxy_port, gateway_port = free_ports(2)
     rev1 = render(args.helm, args.chart, values_for(1, catalog, proxy_port), work, 1)
@@ -358,8 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     say("helm template: the model rollout changes spec.serveConfigV2 only (rayClusterConfig identical)")
     config1 = patch_for_loopback(yaml.safe_load(rev1["spec"]["serveConfigV2"]), gateway_port)
     config2 = patch_for_loopback(yaml.safe_load(rev2["spec"]["serveConfigV2"]), gateway_port)
-    say(f"patched for loopback: http_options.host and Gateway user_config host -> 127.0.0.1, Gateway "
-        f"port 8000 -> {gateway_port}; Ray proxy port {proxy_port} (rayServeProxyPort)")
+    say(
+        f"patched for loopback: http_options.host and Gateway user_config host -> 127.0.0.1, Gateway "
+        f"port 8000 -> {gateway_port}; Ray proxy port {proxy_port} (rayServeProxyPort)"
+    )
 
     token = secrets.token_hex(32)
     head = RayHead(work, token)
@@ -375,8 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         head.start()
         auth = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=head.dashboard, timeout=30, headers=auth) as dash, \
-                httpx.Client(base_url=gw_url, timeout=30) as gw:
+        with (
+            httpx.Client(base_url=head.dashboard, timeout=30, headers=auth) as dash,
+            httpx.Client(base_url=gw_url, timeout=30) as gw,
+        ):
+
             def dashboard_up() -> bool:
                 if head.proc.poll() is not None:
                     raise SystemExit(f"ray start exited with {head.proc.returncode}; see {head.log.name}")
@@ -405,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             say(f"kept {work}")
-    listening = [p for p in (gateway_port, proxy_port, head.ports["dashboard"], head.ports["gcs"])
-                 if _listening(p)]
+    listening = [
+        p for p in (gateway_port, proxy_port, head.ports["dashboard"], head.ports["gcs"]) if _listening(p)
+    ]
     assert not listening, f"still listening after stop: {listening}"
     say(f"{'PASSED' if ok else 'FAILED'} in {time.monotonic() - t0:.1f} s")
     return 0 if ok else 1

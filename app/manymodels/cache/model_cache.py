@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from manymodels.errors import CacheFull
@@ -33,8 +33,8 @@ class _LeaderGone(Exception):
 @dataclass
 class _Flight:
     future: asyncio.Future[Any]
-    force: bool = False  # a prefetch or pin asked for it: skip the admission vote
-    discarded: bool = field(default=False)  # discard() arrived mid-load: do not keep the result
+    force: bool = False  # a prefetch asked for it: skip the admission vote
+    discarded: bool = False  # discard() arrived mid-load: do not keep the result
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
@@ -46,7 +46,9 @@ class ModelCache(Generic[V]):
     """Keeps loaded models resident within ``capacity_bytes``; see ``policy.py`` for the policies.
 
     ``on_evict(key, value)`` is a notification sent after a value left the cache (eviction, resize
-    or discard). Callers may still hold and use the value, so it must not close it.
+    or discard). Callers may still hold and use the value, so it must not close it. Values that were
+    loaded but never kept (rejected, ``CacheFull``) are not notified. Use from one event loop: the
+    cache is not thread-safe.
     """
 
     def __init__(
@@ -157,7 +159,7 @@ class ModelCache(Generic[V]):
                 self._rejected += 1
                 raise CacheFull(
                     f"model {key!r} needs {size} bytes but only "
-                    f"{self._capacity - self._pinned_bytes()} of the cache capacity of "
+                    f"{max(self._capacity - self._pinned_bytes(), 0)} of the cache capacity of "
                     f"{self._capacity} bytes are not pinned"
                 )
             victims = found

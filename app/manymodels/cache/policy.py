@@ -11,12 +11,13 @@
   kept only if ``freq(new) * cost(new)`` beats the summed ``freq * cost`` of the entries it would
   displace, i.e. only if keeping it is expected to save more load-seconds than it costs.
 
-Why the default (bench/cache_replay.py, docs/benchmarks.md): on Zipf traces it reaches 0.97-0.99x
-of the hit ratio of an oracle that statically keeps the C most popular models, where LRU gets
-0.54-0.92x and GDSF 0.6-0.96x; on a drifting trace it keeps ~0.88x of Belady (LRU ~0.78x, GDSF
-~0.77x); on a size-skewed catalog it needs ~0.9x of GDSF's and ~0.78x of LRU's load-seconds.
-Without the admission filter the sketch alone is no better than GDSF: one-off requests evict
-models that are worth more load-seconds than they are.
+Why the default (bench/cache_replay.py, numbers in docs/benchmarks.md): on stationary Zipf traces
+(alpha 0.8-1.2, cache 1-10% of 10,000 models) it reaches 0.97-0.99x the hit ratio of an oracle that
+statically keeps the C most popular models, where LRU gets 0.52-0.96x and GDSF 0.74-0.98x; on a
+drifting trace it keeps 0.885x of Belady's hit ratio (LRU 0.785x, GDSF 0.769x); on a size-skewed
+catalog it spends 0.90x GDSF's and 0.77x LRU's load-seconds (the best static choice, knowing the true
+popularity, spends 0.74x LRU's). Without the admission filter, sketch frequencies alone were no
+better than GDSF: one-off requests kept evicting models worth more load-seconds than they were.
 
 The cache owns residency and pinning; a policy only orders candidates and votes on admission.
 """
@@ -179,10 +180,11 @@ class TinyLFUGDSFPolicy(GDSFPolicy):
     ) -> None:
         super().__init__()
         # The sketch halves every sample_factor x peak-resident-entries requests: long enough to
-        # rank models near the eviction margin (Zipf 0.8 with a 1% cache reached 0.95x of the
-        # top-C oracle only from ~20x), short enough that the 4-bit counts of a model whose
-        # traffic stopped drain within four halvings (the drift trace loses ~1.5 points at 64x).
-        # Caffeine halves every 5x with 4-bit counters. Measured with bench/cache_replay.py.
+        # rank models near the eviction margin (Zipf 0.8 with a 1% cache: 0.943x of the top-C
+        # oracle at 16x, 0.973x at 32x), short enough that the 4-bit counts of a model whose
+        # traffic stopped drain within four halvings. 32x..64x were within 0.01 of each other on
+        # every trace of bench/cache_replay.py; the short end follows drift sooner. (Caffeine's
+        # sample is 10x its maximum size.)
         self._sample_factor = sample_factor
         self._min_sample = min_sample
         self._high_water = 0

@@ -1,0 +1,23 @@
+# End-to-end targets; the root Makefile includes this file (`include ci/e2e.mk`) and adds test-e2e to test.
+#   make e2e-tools      kube-apiserver/controller-manager/scheduler/kubectl, etcd, kwok, KubeRay operator
+#                       (+ CRDs) built from the Go module proxy, cached under
+#                       $${XDG_CACHE_HOME:-~/.cache}/manymodels/tools/<tool>-<version> (outside the repo)
+#   make test-e2e       both parts below (docs/e2e.md)
+#   make test-e2e-k8s   helm install/upgrade/rollback/uninstall on a real apiserver + KubeRay operator (kwok pods)
+#   make test-e2e-ray   the chart's serveConfigV2 on a real local Ray; model rollout under load
+# Needs chart-deps (the offline kuberay-operator dependency) from ci/chart.mk and the project venv.
+E2E_PYTHON ?= $(VENV)/bin/python
+
+.PHONY: e2e-tools test-e2e test-e2e-k8s test-e2e-ray
+
+e2e-tools:
+	ci/e2e-tools.sh >/dev/null
+
+test-e2e: venv chart-deps
+	PYTHON=$(E2E_PYTHON) ci/e2e.sh all
+
+test-e2e-k8s: venv chart-deps
+	PYTHON=$(E2E_PYTHON) ci/e2e.sh k8s
+
+test-e2e-ray: venv chart-deps
+	PYTHON=$(E2E_PYTHON) ci/e2e.sh ray

@@ -1,0 +1,34 @@
+#!/bin/bash
+# manymodels image entrypoint.
+#   (no arguments)         serve $MM_CONFIG (the bundled config) on $MM_HOST:$MM_PORT with the catalog
+#                          mounted at $MM_MODEL_ROOT, until SIGTERM/SIGINT
+#   demo [--models DIR]    build the demo catalog (if missing) and serve it
+#   anything else          run as given: `ray start ...` (KubeRay), `bash`, `python ...`
+# KubeRay sets the container command itself (/bin/bash -lc -- "ray start ..."), bypassing this file.
+set -euo pipefail
+
+if [ $# -gt 0 ] && [ "$1" != serve ] && [ "$1" != demo ]; then
+    exec "$@"
+fi
+if [ $# -eq 0 ]; then
+    set -- serve --config "${MM_CONFIG:-/opt/manymodels/etc/serve_config.yaml}"
+fi
+if [ "$1" = serve ] && [ -n "${MM_MODEL_ROOT:-}" ] && [ "${MM_MODEL_ROOT#*://}" = "$MM_MODEL_ROOT" ] \
+    && [ -z "$(ls -A "$MM_MODEL_ROOT" 2>/dev/null)" ]; then
+    echo "[manymodels] warning: no model catalog at MM_MODEL_ROOT=$MM_MODEL_ROOT (mount one, e.g." \
+         "-v \$PWD/models:/models:ro, or run the 'demo' command)" >&2
+fi
+
+# Stay PID 1 as a tiny init: reap the orphans Ray's processes leave behind (bash reaps every child it
+# is handed) and pass SIGTERM on as SIGINT: ray.init() installs a C++ failure handler for SIGTERM in
+# the driver that aborts the process (exit 134) instead of running the server's graceful stop, while
+# SIGINT reaches the server's own handler (deployments drained, Ray shut down, exit 0).
+python -m manymodels "$@" &
+child=$!
+trap 'kill -INT "$child" 2>/dev/null || true' TERM INT
+status=0
+while :; do
+    wait "$child" && status=0 || status=$?
+    kill -0 "$child" 2>/dev/null || break
+done
+exit "$status"
