@@ -23,7 +23,7 @@ it in place (tests/chart/rayservice_test.yaml checks this).
 {{- $modelServer := dict "name" "ModelServer" "max_ongoing_requests" $ms.maxOngoingRequests "ray_actor_options" $actor "user_config" $server }}
 {{- if $ms.autoscaling.enabled }}
 {{- $as := $ms.autoscaling }}
-{{- $asc := dict "min_replicas" $as.minReplicas "max_replicas" $as.maxReplicas "target_ongoing_requests" $as.targetOngoingRequests "upscale_delay_s" $as.upscaleDelayS "downscale_delay_s" $as.downscaleDelayS }}
+{{- $asc := dict "min_replicas" $as.minReplicas "max_replicas" $as.maxReplicas "target_ongoing_requests" $as.targetOngoingRequests "upscale_delay_s" $as.upscaleDelayS "downscale_delay_s" $as.downscaleDelayS "policy" (dict "policy_function" "manymodels.serve.autoscaling:inflight_policy") }}
 {{- if not (kindIs "invalid" $as.initialReplicas) }}{{ $_ := set $asc "initial_replicas" $as.initialReplicas }}{{ end }}
 {{- $_ := set $modelServer "autoscaling_config" $asc }}
 {{- else }}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -64,6 +65,9 @@ class EmbeddedServer:
 
     async def _serve(self) -> None:
         await self.plane.start()
+        # Start-up objects (Ray, onnx, pydantic) never die: keep them out of every GC pass.
+        gc.collect()
+        gc.freeze()
         serve_task = asyncio.ensure_future(self._uvicorn.serve())
         while not self._uvicorn.started and not serve_task.done():
             await asyncio.sleep(0.01)

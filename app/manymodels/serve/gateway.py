@@ -6,9 +6,11 @@ rollouts never touch it (they travel in the ModelServer's ``user_config``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -26,13 +28,16 @@ from manymodels.serve.metrics_merge import merge_pages
 
 log = logging.getLogger("manymodels.gateway")
 POLL_S = 1.0
+HANDOVER_S = 15.0
 
 
 @serve.deployment(name=GATEWAY, ray_actor_options={"num_cpus": 0})
 class Gateway:
     def __init__(self, model_server: DeploymentHandle) -> None:
         self._model_server = model_server
-        self._app = serve.get_replica_context().app_name
+        context = serve.get_replica_context()
+        self._app = context.app_name
+        self._id = context.replica_id.unique_id
         self._config: GatewayConfig | None = None
         self._haproxy = HAProxyProcess()
         self._replicas: list[registry.Endpoint] = []
@@ -68,8 +73,30 @@ class Gateway:
             try:
                 with self._lock:
                     self._sync()
+                    if self._config is not None and self._haproxy.running:
+                        registry.announce(self._app, self._me(), kind="gateways")
             except Exception:  # keep watching; the next round retries
                 log.exception("gateway sync failed")
+
+    def _me(self) -> registry.Endpoint:
+        assert self._config is not None
+        return registry.Endpoint(self._id, _node_ip(), self._config.port)
+
+    def _await_successor(self, timeout: float = HANDOVER_S) -> None:
+        """When Serve replaces this Gateway (a new app version), keep the port served until the
+        successor's HAProxy listens beside ours (SO_REUSEPORT), so no connection is refused."""
+        if self._config is None:
+            return
+        me = self._me()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            successors = [
+                g for g in registry.endpoints(self._app, kind="gateways")
+                if g.replica != me.replica and (g.host, g.port) == (me.host, me.port)
+            ]
+            if successors or not self._deployment_lives():
+                return
+            time.sleep(0.2)
 
     def check_health(self) -> None:
         if self._config is not None and not self._haproxy.running:
@@ -89,10 +116,30 @@ class Gateway:
     def replicas(self) -> list[tuple[str, str, int]]:
         return [(r.replica, r.host, r.port) for r in self._replicas]
 
+    def _deployment_lives(self) -> bool:
+        """True while Serve rolls out a new Gateway version (a successor is coming)."""
+        try:
+            app = serve.status().applications.get(self._app)
+        except Exception:  # controller gone: the whole app is shutting down
+            return False
+        if app is None or str(app.status).endswith("DELETING"):
+            return False
+        deployment = app.deployments.get(GATEWAY)
+        return deployment is not None and str(deployment.status).endswith("UPDATING")
+
     def __del__(self) -> None:
         self._stop.set()
+        with contextlib.suppress(Exception):
+            registry.withdraw(self._app, self._id, kind="gateways")
+            self._await_successor()
         self._haproxy.stop()
         self._metrics.close()
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 class _MetricsServer:

@@ -30,23 +30,25 @@ class Endpoint:
     port: int
 
 
-def _prefix(app: str) -> str:
-    return f"{app}/replicas/"
+def _prefix(app: str, kind: str) -> str:
+    return f"{app}/{kind}/"
 
 
-def announce(app: str, endpoint: Endpoint) -> None:
+def announce(app: str, endpoint: Endpoint, kind: str = "replicas") -> None:
     value = json.dumps({"host": endpoint.host, "port": endpoint.port, "ts": time.time()})
-    _internal_kv_put(_prefix(app) + endpoint.replica, value, overwrite=True, namespace=NAMESPACE)
+    key = _prefix(app, kind) + endpoint.replica
+    _internal_kv_put(key, value, overwrite=True, namespace=NAMESPACE)
 
 
-def withdraw(app: str, replica: str) -> None:
-    _internal_kv_del(_prefix(app) + replica, namespace=NAMESPACE)
+def withdraw(app: str, replica: str, kind: str = "replicas") -> None:
+    _internal_kv_del(_prefix(app, kind) + replica, namespace=NAMESPACE)
 
 
-def endpoints(app: str, now: float | None = None) -> list[Endpoint]:
+def endpoints(app: str, now: float | None = None, kind: str = "replicas") -> list[Endpoint]:
+    """Live entries of one kind: ModelServer ``replicas`` or ``gateways``."""
     now = time.time() if now is None else now
     found = []
-    for key in _internal_kv_list(_prefix(app), namespace=NAMESPACE):
+    for key in _internal_kv_list(_prefix(app, kind), namespace=NAMESPACE):
         key = key.decode() if isinstance(key, bytes) else key
         raw = _internal_kv_get(key, namespace=NAMESPACE)
         if raw is None:

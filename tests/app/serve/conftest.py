@@ -56,9 +56,9 @@ def served(
     monkeypatch_session.setenv("MM_PORT", str(port))
     monkeypatch_session.setenv("MM_RAY_PROXY_PORT", str(ray_port))
     config = load_serve_config(DEFAULT_CONFIG)
-    server = next(
-        d for d in config["applications"][0]["deployments"] if d["name"] == "ModelServer"
-    )["user_config"]
+    server = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ModelServer")[
+        "user_config"
+    ]
     server["store"]["refresh_interval_s"] = 1.0
     server["cache"]["prefetch"] = ["text-sentiment"]
     local.start_ray(num_cpus=4)

@@ -111,9 +111,7 @@ def backend(server_id: str) -> ThreadingHTTPServer:
             if self.path == "/-/healthz":
                 body = b"success"
             else:
-                body = json.dumps(
-                    {"server": server_id, "model": self.headers.get("x-mm-model")}
-                ).encode()
+                body = json.dumps({"server": server_id, "model": self.headers.get("x-mm-model")}).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
@@ -134,10 +132,7 @@ def backend(server_id: str) -> ThreadingHTTPServer:
 @pytest.fixture
 def backends() -> Iterator[dict[str, Endpoint]]:
     servers = {name: backend(name) for name in ("a", "b")}
-    yield {
-        name: Endpoint(f"replica-{name}", "127.0.0.1", s.server_address[1])
-        for name, s in servers.items()
-    }
+    yield {name: Endpoint(f"replica-{name}", "127.0.0.1", s.server_address[1]) for name, s in servers.items()}
     for server in servers.values():
         server.shutdown()
         server.server_close()
@@ -151,13 +146,9 @@ def port_open(port: int) -> bool:
         return False
 
 
-def test_haproxy_routes_each_model_to_one_replica(
-    tmp_path: Path, backends: dict[str, Endpoint]
-) -> None:
+def test_haproxy_routes_each_model_to_one_replica(tmp_path: Path, backends: dict[str, Endpoint]) -> None:
     port = free_port()
-    config = GatewayConfig(
-        host="127.0.0.1", port=port, health_interval_ms=100, max_body_bytes="4Ki"
-    )
+    config = GatewayConfig(host="127.0.0.1", port=port, health_interval_ms=100, max_body_bytes="4Ki")
     proc = HAProxyProcess(workdir=str(tmp_path / "haproxy"))
     try:
         proc.apply(render(config, sorted(backends.values())))

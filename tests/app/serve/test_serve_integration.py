@@ -140,8 +140,7 @@ def test_alias_switch_under_load_fails_nothing(served) -> None:
     body = {"model": "text-sentiment", "version": "stable", "input_data": "great value"}
     stop, seen, errors = threading.Event(), [], []
     threads = [
-        threading.Thread(target=_hammer, args=(served.url, body, stop, seen, errors))
-        for _ in range(8)
+        threading.Thread(target=_hammer, args=(served.url, body, stop, seen, errors)) for _ in range(8)
     ]
     for thread in threads:
         thread.start()
@@ -197,3 +196,48 @@ def test_corrupt_version_is_refused_and_old_keeps_serving(served) -> None:
         assert response.status_code == 200, response.text
         assert response.json()["version"] == "1"
     shutil.rmtree(served.root / "mlp-003" / "2")
+
+
+def test_autoscaling_sees_gateway_traffic(served) -> None:
+    """Requests bypass Serve's router; the inflight policy must still scale replicas up."""
+    from ray import serve
+
+    config = served.edited()
+    server = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ModelServer")
+    server.pop("num_replicas")
+    server["autoscaling_config"] = {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "initial_replicas": 2,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 600,
+        "metrics_interval_s": 0.5,
+        "look_back_period_s": 2,
+        "policy": {"policy_function": "manymodels.serve.autoscaling:inflight_policy"},
+    }
+    original = served.config
+    served.redeploy(config)
+    body = {"model": "mlp-000", "input_data": SAMPLE}
+    stop, seen, errors = threading.Event(), [], []
+    threads = [
+        threading.Thread(target=_hammer, args=(served.url, body, stop, seen, errors)) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    running = 0
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and running < 3:
+            app = serve.status().applications.get("manymodels")
+            deployment = app.deployments.get("ModelServer") if app else None
+            if deployment is not None:  # absent for a moment while the new config applies
+                running = deployment.replica_states.get("RUNNING", 0)
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        served.redeploy(original)
+    assert running == 3, f"stayed at {running} replicas"
+    assert not errors, errors[:5]
