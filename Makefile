@@ -26,7 +26,7 @@ lint: venv
 test-app: venv lint
 	$(PY) -m pytest tests/app -q -p no:cacheprovider
 
-test: test-app test-chart
+test: test-app test-chart test-image
 
 bench-cache: venv
 	$(PY) bench/cache_replay.py
@@ -35,6 +35,7 @@ bench-http: venv
 	$(PY) bench/http_overhead.py
 
 include ci/chart.mk
+include ci/image.mk
 
 clean:
 	rm -rf $(VENV) .demo

@@ -100,7 +100,7 @@ EOF
     --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
     --service-account-private-key-file "$DIR/pki/sa.key" --use-service-account-credentials=false \
-    --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route'
+    --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route'
   start kube-scheduler kube-scheduler --kubeconfig "$kc" \
     --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
     --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false
@@ -131,7 +131,9 @@ operator() {
 }
 
 case $cmd in
-  up) trap 'rc=$?; if ((rc)); then log "startup failed; stopping"; stop_all; fi' EXIT; up; trap - EXIT ;;
+  up)
+    if [[ -s $DIR/pids/order ]]; then log "$DIR already has a control plane (ci/e2e-cluster.sh down $DIR)"; exit 1; fi
+    trap 'rc=$?; if ((rc)); then log "startup failed; stopping"; stop_all; fi' EXIT; up; trap - EXIT ;;
   operator) operator ;;
   down) stop_all; rm -rf "$DIR"; log "stopped" ;;
   *) echo "usage: $0 up|operator|down DIR" >&2; exit 2 ;;

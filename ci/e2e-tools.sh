@@ -21,6 +21,9 @@ set -euo pipefail
 KUBE_VERSION=1.35.0       # same Kubernetes as ci/chart-tools.sh validates against; ci/e2e/k8s/go.mod pins it
 ETCD_VERSION=v3.6.8       # ci/e2e/etcd/go.mod pins it; kube-apiserver 1.35 needs etcd >= 3.5.13
 KWOK_VERSION=v0.8.0
+# PodMonitor/ServiceMonitor CRDs for the server-side dry-run of ci/full-values.yaml: the same module and
+# version ci/chart-tools.sh takes the monitors' kubeconform schemas from
+PROMETHEUS_OPERATOR_VERSION=$(sed -n 's/^PROMETHEUS_OPERATOR_VERSION=\([^ ]*\).*/\1/p' "$(dirname "${BASH_SOURCE[0]}")/chart-tools.sh")
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=${MANYMODELS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/manymodels/tools}
@@ -39,6 +42,7 @@ key() { cat "$@" | sha256sum | cut -c1-12; }
 KUBE_DIR=$TOOLS/kubernetes-v$KUBE_VERSION-$(key "$ROOT"/ci/e2e/k8s/go.{mod,sum})
 ETCD_DIR=$TOOLS/etcd-$ETCD_VERSION-$(key "$ROOT"/ci/e2e/etcd/go.{mod,sum})
 KWOK_DIR=$TOOLS/kwok-$KWOK_VERSION
+MONITORING_DIR=$TOOLS/monitoring-crds-$PROMETHEUS_OPERATOR_VERSION
 
 module_dir() {
   go mod download -json "$1" 2>/dev/null | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p'
@@ -71,6 +75,7 @@ export MANYMODELS_KUBERAY_VERSION="$KUBERAY_VERSION"
 export MANYMODELS_KUBERAY_PINNED="v$PINNED"
 export MANYMODELS_KUBERAY_CRDS="$kuberay_dir/crds"
 export MANYMODELS_KWOK_STAGES="$KWOK_DIR/kwok-stages.yaml"
+export MANYMODELS_MONITORING_CRDS="$MONITORING_DIR"
 EOF
 }
 
@@ -140,6 +145,13 @@ build_kuberay() {
   chmod -R u+w "$STAGE/crds"
 }
 
+copy_monitoring_crds() {
+  local dir
+  dir=$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
+  cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{podmonitors,servicemonitors}.yaml "$STAGE/"
+  chmod u+w "$STAGE"/*.yaml
+}
+
 case "${1:-install}" in
   env) KUBERAY_VERSION=$(kuberay_version); print_env; exit 0 ;;
   install) ;;
@@ -150,6 +162,8 @@ KUBERAY_VERSION=$(kuberay_version)
 "$ROOT/ci/chart-tools.sh" >/dev/null   # helm (cached)
 install_once "$TOOLS/kuberay-operator-$KUBERAY_VERSION" "KubeRay operator $KUBERAY_VERSION + CRDs" build_kuberay
 install_once "$KWOK_DIR" "kwok $KWOK_VERSION" build_kwok
+install_once "$MONITORING_DIR" "PodMonitor/ServiceMonitor CRDs (prometheus-operator $PROMETHEUS_OPERATOR_VERSION)" \
+  copy_monitoring_crds
 install_once "$ETCD_DIR" "etcd $ETCD_VERSION" build_etcd
 install_once "$KUBE_DIR" "kube-apiserver/controller-manager/scheduler/kubectl v$KUBE_VERSION" build_kube
 print_env

@@ -47,5 +47,7 @@ echo "[image-build] $REPO:$tag (variant $variant, base ${base:-official rayproje
 started=$SECONDS
 DOCKER_BUILDKIT=1 "$DOCKER" build -f images/Dockerfile "${args[@]}" --progress="${MM_BUILD_PROGRESS:-plain}" \
     -t "manymodels:$tag" -t "$REPO:$tag" .
+# The previous build of this tag is now dangling: drop it (its layers stay in the build cache).
+"$DOCKER" image prune -f >/dev/null
 echo "[image-build] built $REPO:$tag in $((SECONDS - started)) s;" \
      "size $("$DOCKER" image inspect -f '{{.Size}}' "$REPO:$tag" | awk '{printf "%.0f MB", $1 / 1e6}')" >&2

@@ -58,7 +58,10 @@ start_daemon() {
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)
     # Started directly (not through a shell function) so that $! is dockerd's own pid (or sudo's,
     # which relays the signal): the trap stops exactly this daemon, and containerd goes with it.
-    "${sudo[@]}" dockerd --data-root "$MM_DOCKER_DIR/data" --exec-root "$MM_DOCKER_DIR/exec" \
+    # Build cache kept by BuildKit's GC (default: 10% of the disk): room for both variants + pip cache.
+    printf '{"builder": {"gc": {"enabled": true, "defaultKeepStorage": "%s"}}}\n' \
+        "${MM_BUILDER_KEEP_STORAGE:-30GB}" >"$MM_DOCKER_DIR/daemon.json"
+    "${sudo[@]}" dockerd --config-file "$MM_DOCKER_DIR/daemon.json" --data-root "$MM_DOCKER_DIR/data" --exec-root "$MM_DOCKER_DIR/exec" \
         --pidfile "$PIDFILE" -H "unix://$SOCK" >"$MM_DOCKER_DIR/dockerd.log" 2>&1 &
     OWN_DAEMON=$!
     trap stop_daemon EXIT

@@ -60,7 +60,8 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 
 {{/* image reference: repository[:tag][@digest]; tag defaults to the appVersion */}}
 {{- define "manymodels.image" -}}
-{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- $tag := .Values.image.tag }}
+{{- if not $tag }}{{ $tag = printf "%s%s" .Chart.AppVersion (ternary "-cpu" "" (eq .Values.image.variant "cpu")) }}{{ end }}
 {{- if .Values.image.digest }}
 {{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
 {{- else }}

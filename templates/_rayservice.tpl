@@ -30,15 +30,17 @@ it in place (tests/chart/rayservice_test.yaml checks this).
 {{- $_ := set $modelServer "num_replicas" $ms.numReplicas }}
 {{- end }}
 {{- $modelServer = merge $modelServer (deepCopy $ms.extraOptions) }}
-{{- $gwReplicas := .Values.gateway.numReplicas }}
-{{- if kindIs "invalid" $gwReplicas }}
-{{- $gwReplicas = 1 }}
-{{- range $name, $g := .Values.workerGroups }}{{ if $g.enabled }}{{ $gwReplicas = add $gwReplicas (int $g.minReplicas) }}{{ end }}{{ end }}
-{{- end }}
+{{- $gwMax := 1 }}
+{{- range $name, $g := .Values.workerGroups }}{{ if $g.enabled }}{{ $gwMax = add $gwMax (int $g.maxReplicas) }}{{ end }}{{ end }}
 {{- $gwConfig := merge (dict "host" "0.0.0.0" "port" (include "manymodels.ports.serve" . | int)) (deepCopy .Values.gateway.userConfig) }}
 {{- $_ := set $gwConfig "host" "0.0.0.0" }}
 {{- $_ := set $gwConfig "port" (include "manymodels.ports.serve" . | int) }}
-{{- $gateway := dict "name" "Gateway" "num_replicas" $gwReplicas "max_replicas_per_node" 1 "ray_actor_options" (dict "num_cpus" 0) "user_config" $gwConfig }}
+{{- $gateway := dict "name" "Gateway" "max_replicas_per_node" 1 "ray_actor_options" (dict "num_cpus" 0) "user_config" $gwConfig }}
+{{- if kindIs "invalid" .Values.gateway.numReplicas }}
+{{- $_ := set $gateway "autoscaling_config" (dict "min_replicas" 1 "max_replicas" $gwMax "upscale_delay_s" 0 "downscale_delay_s" 60 "policy" (dict "policy_function" "manymodels.serve.autoscaling:one_per_node_policy")) }}
+{{- else }}
+{{- $_ := set $gateway "num_replicas" .Values.gateway.numReplicas }}
+{{- end }}
 {{- $app := dict "name" "manymodels" "route_prefix" "/" "import_path" "manymodels.serve.app:build_app" "deployments" (list $modelServer $gateway) }}
 {{- $config := dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" .Values.rayServeProxyPort) "applications" (list $app) }}
 {{- toYaml $config }}

@@ -23,15 +23,15 @@ def say(message: str) -> None:
 
 def serve_forever(config: dict[str, Any], on_ready: Callable[[str], None] | None = None) -> int:
     """Start local Ray, deploy ``config``, wait for readiness, block until SIGINT/SIGTERM."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
     from manymodels.serve import local
 
     started = time.monotonic()
     say("starting Ray (local, no dashboard)")
     local.start_ray()
+    # After ray.init, which installs a SIGTERM handler of its own that aborts the process.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         say("deploying the Serve application")
         local.deploy(config)

@@ -9,6 +9,7 @@ into a failure.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def catalog(tmp_path_factory) -> Path:
     base.chmod(0o755)
     root = base / "models"
     subprocess.run(
-        [sys.executable, "-m", "manymodels.demo.catalog", "--out", str(root), "--mlp", "3"],
+        [sys.executable, "-m", "manymodels.demo.catalog", "--out", str(root), "--mlp", "3"]
+        + ([] if importlib.util.find_spec("torch") else ["--no-torch"]),
         check=True,
         cwd=ROOT,
         capture_output=True,

@@ -30,3 +30,15 @@ def inflight_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
     inflight = sum(reported.values()) + ctx.total_num_requests
     target = ctx.config.get_target_ongoing_requests()
     return desired_replicas(ctx.current_num_replicas, inflight, target), ctx.policy_state
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def one_per_node_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
+    """For the Gateway: one replica on every Ray node (with ``max_replicas_per_node: 1``), so each
+    pod's serve port answers, including workers the Ray autoscaler adds later."""
+    return float(alive_nodes()), ctx.policy_state

@@ -43,6 +43,7 @@ class Gateway:
         self._replicas: list[registry.Endpoint] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._leaving = False
         self._metrics = _MetricsServer(lambda: self._replicas)
         self._thread = threading.Thread(target=self._watch, name="mm-gateway", daemon=True)
         self._thread.start()
@@ -73,7 +74,7 @@ class Gateway:
             try:
                 with self._lock:
                     self._sync()
-                    if self._config is not None and self._haproxy.running:
+                    if self._config is not None and self._haproxy.running and not self._leaving:
                         registry.announce(self._app, self._me(), kind="gateways")
             except Exception:  # keep watching; the next round retries
                 log.exception("gateway sync failed")
@@ -128,11 +129,13 @@ class Gateway:
         return deployment is not None and str(deployment.status).endswith("UPDATING")
 
     def __del__(self) -> None:
-        self._stop.set()
+        self._leaving = True
         with contextlib.suppress(Exception):
             registry.withdraw(self._app, self._id, kind="gateways")
-            self._await_successor()
-        self._haproxy.stop()
+            self._await_successor()  # the watch thread keeps our routes current meanwhile
+        self._stop.set()
+        with self._lock:
+            self._haproxy.stop()
         self._metrics.close()
 
 

@@ -49,6 +49,9 @@ global
 
 defaults
     mode http
+    # On reload/stop, answer the next request of each idle keep-alive connection with
+    # "Connection: close" instead of closing it under a client that is just sending.
+    option idle-close-on-response
     option http-keep-alive
     http-reuse always
     timeout connect 5s
