@@ -26,7 +26,7 @@ lint: venv
 test-app: venv lint
 	$(PY) -m pytest tests/app -q -p no:cacheprovider
 
-test: test-app test-chart test-image
+test: test-app test-chart test-image test-e2e
 
 bench-cache: venv
 	$(PY) bench/cache_replay.py
@@ -36,6 +36,7 @@ bench-http: venv
 
 include ci/chart.mk
 include ci/image.mk
+include ci/e2e.mk
 
 clean:
 	rm -rf $(VENV) .demo

@@ -54,25 +54,37 @@ async def _worker(
     try:
         while time.perf_counter() < until:
             started = time.perf_counter()
-            writer.write(next(requests))
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            length = 0
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                name = name.lower()
-                if name == "content-length":
-                    length = int(value)
-                elif watch and name == watch:
-                    result.headers[value.strip().split("=")[0]] = value.strip()
-            if length:
-                await reader.readexactly(length)
+            try:
+                writer.write(next(requests))
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split(" ", 2)[1])
+                length, close = 0, False
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    name = name.lower()
+                    if name == "content-length":
+                        length = int(value)
+                    elif name == "connection":
+                        close = value.strip().lower() == "close"
+                    elif watch and name == watch:
+                        result.headers[value.strip().split("=")[0]] = value.strip()
+                if length:
+                    await reader.readexactly(length)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # A real failure for the client (the request got no answer): count it, reconnect.
+                result.errors += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
             if status != 200:
                 result.errors += 1
             elif record:
                 result.requests += 1
                 result.latencies.append(time.perf_counter() - started)
+            if close:  # the server asked to close (e.g. an HAProxy reload): like any client, reconnect
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
     finally:
         writer.close()
 
@@ -96,10 +108,7 @@ async def _run(
     result = Result()
     started = time.perf_counter()
     await asyncio.gather(
-        *[
-            _worker(host, port, make(i), started + seconds, result, watch, True)
-            for i in range(clients)
-        ]
+        *[_worker(host, port, make(i), started + seconds, result, watch, True) for i in range(clients)]
     )
     result.seconds = time.perf_counter() - started
     return result

@@ -38,7 +38,7 @@ KUBERAY_WANT=${KUBERAY_MODULE_VERSION:-v$PINNED}
 KUBERAY_FALLBACK=${KUBERAY_MODULE_FALLBACK-v1.6.2}
 
 # wrapper modules are keyed on their go.mod + go.sum too, so a dependency edit rebuilds
-key() { cat "$@" | sha256sum | cut -c1-12; }
+key() { grep -hv "^[[:space:]]*//" "$@" | sha256sum | cut -c1-12; }   # comments do not count
 KUBE_DIR=$TOOLS/kubernetes-v$KUBE_VERSION-$(key "$ROOT"/ci/e2e/k8s/go.{mod,sum})
 ETCD_DIR=$TOOLS/etcd-$ETCD_VERSION-$(key "$ROOT"/ci/e2e/etcd/go.{mod,sum})
 KWOK_DIR=$TOOLS/kwok-$KWOK_VERSION
