@@ -54,9 +54,6 @@ class ServedModel:
         self.latency_ms += _EWMA * ((time.perf_counter() - t0) * 1000 - self.latency_ms)
         return outputs
 
-    def close(self) -> None:
-        self.model.close()
-
 
 def _example(spec: TensorSpec) -> np.ndarray:
     shape = [1 if d < 0 else d for d in spec.shape]

@@ -114,9 +114,6 @@ class Gateway:
         )
         return Response(body, status_code=status, headers=dict(headers))
 
-    def replicas(self) -> list[tuple[str, str, int]]:
-        return [(r.replica, r.host, r.port) for r in self._replicas]
-
     def _deployment_lives(self) -> bool:
         """True while Serve rolls out a new Gateway version (a successor is coming)."""
         try:

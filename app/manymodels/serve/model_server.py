@@ -76,9 +76,6 @@ class ModelServer:
         future = self._server.submit(self._server.call_asgi(method, path, query, headers, body))
         return await asyncio.wrap_future(future)
 
-    def endpoint(self) -> tuple[str, int] | None:
-        return (self._endpoint.host, self._endpoint.port) if self._endpoint else None
-
     def __del__(self) -> None:
         self._stop.set()
         if self._endpoint is not None:
