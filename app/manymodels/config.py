@@ -98,6 +98,10 @@ class ModelOptions(_Strict):
         default=None, description="'package.module:Class' shipped in the image"
     )
     processor_options: dict[str, Any] = Field(default_factory=dict)
+    module: str | None = Field(
+        default=None, description="torch_state_dict models: 'package.module:Class' shipped in the image"
+    )
+    module_options: dict[str, Any] = Field(default_factory=dict, description="the module's kwargs")
     allow_nonfinite: bool = False
 
 

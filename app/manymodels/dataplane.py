@@ -8,6 +8,7 @@ single-flight futures belong to it. Blocking work (fetch, verify, load) runs in 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from manymodels.errors import (
     ManyModelsError,
     ModelLoadError,
 )
+from manymodels.imports import import_object
 from manymodels.metrics import Metrics
 from manymodels.processors import Processor, load_processor_class
 from manymodels.runtimes import LoadedModel, load_model
@@ -212,7 +214,14 @@ class DataPlane:
         store = self.catalog.store
         manifest = store.manifest(model, version)
         path = store.fetch(model, version)
-        loaded = load_model(manifest, path, self.config.runtime)
+        factory = None
+        if options.module:
+            try:
+                module_class = import_object(options.module, "torch module")
+            except ValueError as exc:
+                raise ModelLoadError(f"model {model}: {exc}") from exc
+            factory = functools.partial(module_class, **options.module_options)
+        loaded = load_model(manifest, path, self.config.runtime, module_factory=factory)
         try:
             processor = None
             if options.processor:

@@ -12,6 +12,8 @@ Models (all float32, batch dimension -1):
   canary=2).
 * ``torch-mlp`` (torch_export): ``input`` [-1, 64] -> ``logits`` [-1, 10].
 * ``torch-script`` (torchscript): ``input`` [-1, 64] -> ``logits``, ``probabilities`` [-1, 10].
+* ``torch-state`` (torch_state_dict, weights only): ``input`` [-1, 64] -> ``logits`` [-1, 10]; serve it
+  with :data:`TORCH_STATE` (the module class comes from the package, not the store).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ MLP_IN, MLP_OUT = 64, 10
 TEXT_PROCESSOR: dict[str, Any] = {
     "processor": "manymodels.processors.text:TextClassifierProcessor",
     "processor_options": {"labels": LABELS, "dim": TEXT_DIM},
+}
+# The serve-config entry the ``torch-state`` model needs (its architecture is code from the image).
+TORCH_STATE: dict[str, Any] = {
+    "module": "manymodels.demo.modules:MLP",
+    "module_options": {"hidden": 96},
 }
 
 Layers = list[tuple[np.ndarray, np.ndarray]]
@@ -245,7 +252,22 @@ def _build_torch(root: Path, work: Path, seed: int) -> list[str]:
         outputs=[_spec("logits", MLP_OUT), _spec("probabilities", MLP_OUT)],
         description="64-64-10 MLP returning logits and softmax, TorchScript",
     )
-    return ["torch-mlp", "torch-script"]
+    from manymodels.demo.modules import MLP
+
+    src = _fresh(work / "torch-state" / "weights.pt")
+    torch.save(MLP(**TORCH_STATE["module_options"]).state_dict(), str(src))
+    publish_version(
+        root,
+        "torch-state",
+        "1",
+        runtime="torch",
+        format="torch_state_dict",
+        artifact=src,
+        inputs=inp,
+        outputs=[_spec("logits", MLP_OUT)],
+        description="64-96-10 MLP state dict; module class manymodels.demo.modules:MLP",
+    )
+    return ["torch-mlp", "torch-script", "torch-state"]
 
 
 def _fresh(path: Path) -> Path:

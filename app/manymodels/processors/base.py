@@ -12,6 +12,7 @@ Subclass :class:`Processor` and override ``preprocess`` and/or ``postprocess``::
     # mycompany/processors.py  (a module shipped in the serving image)
     import numpy as np
     from manymodels.errors import InvalidRequest
+from manymodels.imports import import_object
     from manymodels.processors.base import Processor
 
     class ChurnScorer(Processor):
@@ -56,17 +57,14 @@ floats are refused unless ``options["allow_nan"]`` is true.
 
 from __future__ import annotations
 
-import importlib
-import re
 from typing import Any
 
 import numpy as np
 
 from manymodels.errors import InvalidRequest
+from manymodels.imports import import_object
 from manymodels.runtimes.base import check_tensor
 from manymodels.store.manifest import ModelManifest, TensorSpec
-
-_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 class Processor:
@@ -128,24 +126,7 @@ def _cast(spec: TensorSpec, raw: np.ndarray) -> np.ndarray:
 
 def load_processor_class(import_path: str) -> type[Processor]:
     """Import ``"package.module:ClassName"`` and check that it is a :class:`Processor` subclass."""
-    if not isinstance(import_path, str) or not _IMPORT_PATH.match(import_path):
-        raise ValueError(
-            f"processor import path {import_path!r} must look like 'package.module:ClassName'"
-        )
-    module_name, _, attr_path = import_path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(
-            f"processor {import_path!r}: cannot import {module_name!r}: {exc}"
-        ) from exc
-    for attr in attr_path.split("."):
-        try:
-            obj = getattr(obj, attr)
-        except AttributeError:
-            raise ValueError(
-                f"processor {import_path!r}: {module_name!r} has no attribute {attr_path!r}"
-            ) from None
+    obj = import_object(import_path, "processor")
     if not (isinstance(obj, type) and issubclass(obj, Processor)):
         raise ValueError(
             f"processor {import_path!r} is not a subclass of manymodels.processors.base.Processor"

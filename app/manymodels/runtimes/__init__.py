@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from manymodels.errors import ModelLoadError
 from manymodels.runtimes.base import LoadedModel, RuntimeSettings, available_devices
@@ -16,9 +18,17 @@ __all__ = ["LoadedModel", "RuntimeSettings", "available_devices", "load_model"]
 
 
 def load_model(
-    manifest: ModelManifest, artifact_path: Path, settings: RuntimeSettings
+    manifest: ModelManifest,
+    artifact_path: Path,
+    settings: RuntimeSettings,
+    *,
+    module_factory: Callable[[], Any] | None = None,
 ) -> LoadedModel:
-    """Load one model version; raises :class:`ModelLoadError` with the model named on failure."""
+    """Load one model version; raises :class:`ModelLoadError` with the model named on failure.
+
+    ``module_factory`` builds the ``torch.nn.Module`` a ``torch_state_dict`` artifact's weights are
+    loaded into (its class comes from the config, i.e. the image, never from the store).
+    """
     if manifest.runtime == "onnx":
         if manifest.format != "onnx":
             raise ModelLoadError(
@@ -31,7 +41,7 @@ def load_model(
     if manifest.runtime == "torch":
         from manymodels.runtimes.torch import TorchModel
 
-        return TorchModel(manifest, Path(artifact_path), settings)
+        return TorchModel(manifest, Path(artifact_path), settings, module_factory=module_factory)
     raise ModelLoadError(
         f"{manifest.name}:{manifest.version}: unknown runtime {manifest.runtime!r}"
     )

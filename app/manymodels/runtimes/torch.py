@@ -6,7 +6,8 @@ Security (DESIGN §9): a TorchScript archive contains code that runs when the mo
 there is no safe mode, so serve TorchScript only from a trusted store whose artifacts are
 hash-verified (the store checks ``manifest.sha256`` before anything reaches this module).
 ``torch.export`` archives hold a serialized graph of ATen ops plus weights, a much smaller
-surface. Plain pickles / state dicts are not accepted at all.
+surface. State dicts (``torch_state_dict``) are read with ``torch.load(weights_only=True)`` into a
+module whose class is named in the config (code from the image); arbitrary pickles are refused.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,15 @@ def _configure_threads(settings: RuntimeSettings) -> None:
 
 
 class TorchModel(LoadedModel):
-    def __init__(self, manifest: ModelManifest, artifact_path: Path, settings: RuntimeSettings):
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        artifact_path: Path,
+        settings: RuntimeSettings,
+        *,
+        module_factory: Callable[[], Any] | None = None,
+    ):
+        self._module_factory = module_factory
         try:
             import torch
         except ImportError as exc:
@@ -82,13 +92,24 @@ class TorchModel(LoadedModel):
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location=self.device)
             module.eval()  # a scripted module may have been saved in training mode
+        elif fmt == "torch_state_dict":
+            if self._module_factory is None:
+                raise ModelLoadError(
+                    f"{self._id()}: a torch_state_dict artifact needs the module class in the config "
+                    f"(models.{self.manifest.name}.module: 'package.module:Class')"
+                )
+            module = self._module_factory()
+            # weights_only: tensors and plain containers only; anything else in the pickle is refused.
+            state = torch.load(str(path), map_location=self.device, weights_only=True)
+            module.load_state_dict(state)
+            module = module.to(self.device).eval()
         elif fmt == "torch_export":
             # An exported graph is fixed at export time: no train/eval switch (eval() raises).
             module = torch.export.load(str(path)).module().to(self.device)
         else:
             raise ModelLoadError(
                 f"{self.manifest.name}:{self.manifest.version}: runtime torch cannot load "
-                f"format {fmt!r} (expected torchscript or torch_export)"
+                f"format {fmt!r} (expected torchscript, torch_export or torch_state_dict)"
             )
         return module
 

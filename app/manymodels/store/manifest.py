@@ -41,7 +41,7 @@ class ModelManifest(BaseModel):
     version: str
     runtime: Literal["onnx", "torch"]
     # torch only: how the artifact was saved.
-    format: Literal["onnx", "torch_export", "torchscript"] = "onnx"
+    format: Literal["onnx", "torch_export", "torchscript", "torch_state_dict"] = "onnx"
     artifact: str = Field(description="file name inside the version directory")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)

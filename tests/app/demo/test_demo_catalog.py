@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -7,12 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from manymodels.demo.catalog import build_demo_catalog, main, mlp_widths
+from manymodels.demo.catalog import TORCH_STATE, build_demo_catalog, main, mlp_widths
 from manymodels.runtimes import RuntimeSettings, load_model
 from manymodels.store import LocalStore
 from manymodels.store.manifest import ModelManifest
 
-EXPECTED = ["text-sentiment", *(f"mlp-{i:03d}" for i in range(6)), "torch-mlp", "torch-script"]
+EXPECTED = [
+    "text-sentiment",
+    *(f"mlp-{i:03d}" for i in range(6)),
+    "torch-mlp",
+    "torch-script",
+    "torch-state",
+]
 
 
 def manifests(root: Path) -> list[tuple[Path, ModelManifest]]:
@@ -50,7 +57,12 @@ def test_every_model_loads_and_honours_its_manifest(demo_catalog: Path) -> None:
     store = LocalStore(demo_catalog)
     sizes = {}
     for _, m in manifests(demo_catalog):
-        model = load_model(m, store.fetch(m.name, m.version), settings)
+        factory = None
+        if m.format == "torch_state_dict":  # the config names the architecture (TORCH_STATE)
+            from manymodels.demo.modules import MLP
+
+            factory = functools.partial(MLP, **TORCH_STATE["module_options"])
+        model = load_model(m, store.fetch(m.name, m.version), settings, module_factory=factory)
         batch = {s.name: np.full((3, s.shape[1]), 0.1, np.float32) for s in m.inputs}
         out = model.infer(batch)
         assert list(out) == [s.name for s in m.outputs], m.name

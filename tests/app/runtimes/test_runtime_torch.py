@@ -29,9 +29,7 @@ class TwoHeads(torch.nn.Module):
         return logits, torch.softmax(logits, dim=-1)
 
 
-def manifest_for(
-    path: Path, fmt: str, outputs: tuple[str, ...] = ("logits", "probs")
-) -> ModelManifest:
+def manifest_for(path: Path, fmt: str, outputs: tuple[str, ...] = ("logits", "probs")) -> ModelManifest:
     data = path.read_bytes()
     return ModelManifest(
         name="tm",
@@ -102,9 +100,7 @@ def test_memory_bytes_counts_params_and_buffers(tmp_path: Path) -> None:
         module = TwoHeads(hidden).eval()
         path = save(module, "torchscript", tmp_path / f"h{hidden}.pt")
         model = load_model(manifest_for(path, "torchscript"), path, CPU)
-        params = sum(
-            t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
-        )
+        params = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
         assert model.memory_bytes() == params + torch_runtime.MODULE_OVERHEAD_BYTES
         sizes.append(model.memory_bytes())
     assert sizes[0] < sizes[1]
@@ -151,3 +147,57 @@ def test_threads_set_once_per_process(artifact: tuple[str, Path], monkeypatch) -
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ---- torch_state_dict: weights only, the architecture comes from the config ------------------
+
+
+class Evil:
+    """Unpickling this would run a command: weights_only loading must refuse it."""
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_state_dict_loads_into_the_configured_module(tmp_path: Path) -> None:
+    module = TwoHeads(hidden=8).eval()
+    path = tmp_path / "weights.pt"
+    torch.save(module.state_dict(), str(path))
+    loaded = load_model(
+        manifest_for(path, "torch_state_dict"), path, CPU, module_factory=lambda: TwoHeads(hidden=8)
+    )
+    x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
+    out = loaded.infer({"x": x})
+    with torch.inference_mode():
+        logits, probs = module(torch.from_numpy(x))
+    np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out["probs"], probs.numpy(), rtol=1e-6)
+    assert loaded.memory_bytes() > sum(p.numel() * 4 for p in module.parameters())
+
+
+def test_state_dict_without_a_module_class_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save(TwoHeads().state_dict(), str(path))
+    with pytest.raises(ModelLoadError, match="needs the module class"):
+        load_model(manifest_for(path, "torch_state_dict"), path, CPU)
+
+
+def test_state_dict_pickle_with_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"body.weight": Evil()}, str(path))
+    with pytest.raises(ModelLoadError, match="cannot load torch_state_dict"):
+        load_model(manifest_for(path, "torch_state_dict"), path, CPU, module_factory=TwoHeads)
+
+
+def test_state_dict_for_another_architecture_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save(TwoHeads(hidden=8).state_dict(), str(path))
+    with pytest.raises(ModelLoadError, match="cannot load torch_state_dict"):
+        load_model(
+            manifest_for(path, "torch_state_dict"),
+            path,
+            CPU,
+            module_factory=lambda: TwoHeads(hidden=16),
+        )

@@ -41,7 +41,7 @@ def test_predict_tensor_model_alias_and_version(served) -> None:
 
 
 def test_torch_models_answer(served) -> None:
-    for name in ("torch-mlp", "torch-script"):
+    for name in ("torch-mlp", "torch-script", "torch-state"):
         response = post(served.url, {"model": name, "input_data": SAMPLE})
         assert response.status_code == 200, response.text
         assert response.json()["outputs"]["logits"]
