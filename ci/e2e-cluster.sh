@@ -4,7 +4,8 @@
 # on the host. Every process is started in the background and stopped by the pid recorded in DIR/pids/.
 #
 #   ci/e2e-cluster.sh up DIR         start the control plane; writes DIR/kubeconfig
-#   ci/e2e-cluster.sh operator DIR   install the KubeRay CRDs (server-side apply) and start the operator
+#   ci/e2e-cluster.sh operator DIR   install the KubeRay CRDs (server-side apply) and start the operator,
+#                                    with a stand-in for the head pods' dashboards (DIR/dashboard-stub.url)
 #   ci/e2e-cluster.sh down DIR       stop everything started in DIR (reverse order), remove DIR
 #
 # Tools come from ci/e2e-tools.sh (PATH and MANYMODELS_KUBERAY_CRDS from `ci/e2e-tools.sh env`).
@@ -15,6 +16,7 @@ set -euo pipefail
 
 cmd=${1:?usage: $0 up|operator|down DIR}
 DIR=${2:?usage: $0 up|operator|down DIR}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { echo "e2e-cluster: $*" >&2; }
 
 free_port() {
@@ -122,12 +124,21 @@ operator() {
   kubectl --kubeconfig "$kc" apply --server-side --force-conflicts -f "$crds" >&2
   kubectl --kubeconfig "$kc" wait --for condition=Established --timeout 60s \
     crd/rayclusters.ray.io crd/rayservices.ray.io crd/rayjobs.ray.io >&2
-  start ray-operator env KUBECONFIG="$kc" ray-operator -enable-leader-election=false \
+  # kwok's head pods run no Ray: the operator's plain-HTTP calls to a head (Serve status/config on the
+  # dashboard, the Serve proxy's health) go through HTTP_PROXY to a stand-in that answers as that head
+  # would (tests/e2e/dashboard_stub.py; docs/e2e.md). HTTPS to the API server on 127.0.0.1 is not proxied.
+  start dashboard-stub python3 "$ROOT/tests/e2e/dashboard_stub.py" --url-file "$DIR/dashboard-stub.url"
+  wait_until "the dashboard stub" 20 test -s "$DIR/dashboard-stub.url"
+  local stub
+  stub=$(cat "$DIR/dashboard-stub.url")
+  start ray-operator env KUBECONFIG="$kc" HTTP_PROXY="$stub" http_proxy="$stub" NO_PROXY= no_proxy= \
+    ray-operator -enable-leader-election=false \
     -metrics-addr "127.0.0.1:$(free_port)" -health-probe-bind-address "127.0.0.1:$(free_port)" \
     -log-stdout-encoder console
   sleep 2
   alive ray-operator || { log "ray-operator exited"; tail -20 "$DIR/logs/ray-operator.log" >&2; return 1; }
-  log "KubeRay operator ${MANYMODELS_KUBERAY_VERSION:-?} running (pid $(cat "$DIR/pids/ray-operator"))"
+  log "KubeRay operator ${MANYMODELS_KUBERAY_VERSION:-?} running (pid $(cat "$DIR/pids/ray-operator"));" \
+    "head dashboards stubbed at $stub"
 }
 
 case $cmd in

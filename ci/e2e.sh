@@ -2,8 +2,9 @@
 # End-to-end proof of deployment (project issue 5); `make test-e2e` runs it. Two parts:
 #   k8s  a real control plane (etcd, kube-apiserver, controller-manager, scheduler) with kwok's fake
 #        nodes/pods and the real KubeRay operator on the host: server-side validation, the operator
-#        dependency, helm install of every values file, upgrade (model rollout / worker change),
-#        rollback, uninstall                                   -> tests/e2e/lifecycle.py
+#        dependency, helm install of every values file, upgrade (model rollout / worker change: the
+#        zero-downtime pending cluster), rollback, uninstall; the kwok head pods' Ray dashboard is a
+#        stand-in (tests/e2e/dashboard_stub.py, docs/e2e.md)   -> tests/e2e/lifecycle.py
 #   ray  the chart's rendered serveConfigV2 on a real local Ray (dashboard REST API, token auth), model
 #        rollout under load with zero failed requests         -> tests/e2e/ray_rollout.py
 #
@@ -39,6 +40,8 @@ k8s() {
   export KUBECONFIG=$work/kubeconfig
   "$PYTHON" tests/e2e/lifecycle.py --phase operator-chart
   ci/e2e-cluster.sh operator "$work"
+  MANYMODELS_E2E_DASHBOARD_STUB=$(cat "$work/dashboard-stub.url")
+  export MANYMODELS_E2E_DASHBOARD_STUB
   "$PYTHON" tests/e2e/lifecycle.py --phase lifecycle
   ci/e2e-cluster.sh down "$work"
   trap - EXIT INT TERM

@@ -11,9 +11,12 @@ Needs a control plane from `ci/e2e-cluster.sh up` (KUBECONFIG) and helm/kubectl 
     for the default values and each values/*.yaml: `helm install`, the operator builds the RayCluster,
     head and worker pods with the resources, GPU limits, node selectors and tolerations the values ask
     for, all scheduled onto matching nodes, and the head Service; then `helm uninstall`;
- 5. lifecycle on one release: model rollout upgrade (serveConfigV2 changes, same RayCluster), worker
-    group upgrade (only rayClusterConfig changes, the running RayCluster is not patched; under kwok
-    KubeRay never gets to create the pending cluster, see docs/e2e.md), rollback, uninstall leaves
+ 5. lifecycle on one release, with the head pods' dashboards answered by tests/e2e/dashboard_stub.py
+    (MANYMODELS_E2E_DASHBOARD_STUB; see docs/e2e.md): the RayService becomes Ready on its first cluster;
+    model rollout upgrade (serveConfigV2 changes, KubeRay submits it to the same RayCluster); worker
+    group upgrade (only rayClusterConfig changes): KubeRay's zero-downtime path starts a pending
+    RayCluster with the new spec while traffic stays on the old one, then switches to it when its Serve
+    applications are RUNNING; rollback (again a new cluster, with rev 1's spec); uninstall leaves
     nothing behind.
 
 Usage: python tests/e2e/lifecycle.py --phase operator-chart|lifecycle  (ci/e2e.sh runs both)
@@ -22,12 +25,14 @@ Usage: python tests/e2e/lifecycle.py --phase operator-chart|lifecycle  (ci/e2e.s
 from __future__ import annotations
 
 import argparse
+import base64
 import glob
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -36,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CLOUD_FILES = sorted(glob.glob(str(ROOT / "values" / "*.yaml")))
 CI_FILES = sorted(glob.glob(str(ROOT / "ci" / "*-values.yaml")))
 FULLNAME = "mm-manymodels"
+# tests/e2e/dashboard_stub.py, the stand-in for the kwok head pods' dashboards (set by ci/e2e.sh)
+STUB = os.environ.get("MANYMODELS_E2E_DASHBOARD_STUB", "")
 
 
 def say(msg: str) -> None:
@@ -424,11 +431,84 @@ def install_matrix() -> None:
             kubectl("-n", ns, "delete", "pvc", "--all", "--wait=false")
 
 
+# ------------------------------------------------------------------- RayService status and the stub
+def stub(method: str, path: str) -> dict:
+    req = urllib.request.Request(STUB + path, method=method)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+def stub_dashboard(ns: str, cluster: str) -> dict:
+    """What the stub saw on this cluster's head dashboard (reached by its head Service's DNS name)."""
+    prefix = f"{cluster}-head-svc.{ns}.svc."
+    seen = {h: d for h, d in stub("GET", "/_stub/state")["dashboards"].items() if h.startswith(prefix)}
+    assert len(seen) <= 1, seen
+    return next(iter(seen.values()), {"configs": [], "auth": None, "held": False})
+
+
+def check_submitted(ns: str, cluster: str, rs: dict) -> None:
+    """KubeRay PUT exactly this RayService's serveConfigV2 (YAML -> JSON) to the cluster's dashboard,
+    with the cluster's Ray auth token."""
+    if not STUB:
+        return
+    d = stub_dashboard(ns, cluster)
+    want = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    assert d["configs"] and d["configs"][-1] == want, f"{cluster}: last config submitted != serveConfigV2"
+    if "authOptions" in rs["spec"]["rayClusterConfig"]:
+        secret = get("secret", ns, cluster)
+        token = base64.b64decode(secret["data"]["auth_token"]).decode()
+        assert d["auth"] == f"Bearer {token}", f"{cluster}: dashboard called without the cluster's token"
+
+
+def rs_status(ns: str) -> tuple[str, str, dict]:
+    st = rayservice(ns).get("status") or {}
+    conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
+    active = (st.get("activeServiceStatus") or {}).get("rayClusterName", "")
+    pending = (st.get("pendingServiceStatus") or {}).get("rayClusterName", "")
+    return active, pending, conds
+
+
+def service_targets(ns: str) -> tuple[str, str]:
+    """The RayCluster the RayService's head and serve Services send traffic to."""
+    head = get("service", ns, f"{FULLNAME}-head-svc")["spec"]["selector"]["ray.io/cluster"]
+    serve = get("service", ns, f"{FULLNAME}-serve-svc")["spec"]["selector"]["ray.io/cluster"]
+    return head, serve
+
+
+def worker_cpu(cluster: dict) -> str:
+    return cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+        "requests"
+    ]["cpu"]
+
+
+def wait_serving(ns: str, cluster: str, what: str, timeout: float = 90) -> None:
+    """The RayService is Ready with `cluster` active, no pending cluster, Services pointing to it."""
+
+    def ready():
+        active, pending, conds = rs_status(ns)
+        assert (active, pending) == (cluster, ""), f"active={active!r} pending={pending!r}"
+        assert conds.get("Ready") == "True" and conds.get("UpgradeInProgress") == "False", conds
+        assert service_targets(ns) == (cluster, cluster), service_targets(ns)
+        return True
+
+    wait_for(what, ready, timeout)
+
+
 def lifecycle() -> None:
     ns = "e2e-lifecycle"
     install_and_check("lifecycle rev 1", ns, ["--set", "modelStore.pvc.keep=false"])
     rs1 = rayservice(ns)
     cluster1 = rayclusters(ns)[0]["metadata"]
+    name1 = cluster1["name"]
+    if STUB:
+        t = time.monotonic()
+        wait_serving(ns, name1, f"the RayService Ready on {name1}")
+        check_submitted(ns, name1, rs1)
+        say(
+            f"rev 1: KubeRay submitted serveConfigV2 to {name1}'s dashboard (stub) with the cluster's auth "
+            f"token; applications RUNNING -> RayService Ready, {name1} active, head/serve Services point "
+            f"to it ({time.monotonic() - t:.1f} s)"
+        )
 
     # rev 2: a model rollout -> only serveConfigV2 changes; the same RayCluster stays
     rollout = {"text-sentiment": {"aliases": {"stable": "2", "canary": "3"}}}
@@ -450,17 +530,28 @@ def lifecycle() -> None:
     served = yaml.safe_load(rs2["spec"]["serveConfigV2"])
     ms = next(d for d in served["applications"][0]["deployments"] if d["name"] == "ModelServer")
     assert ms["user_config"]["models"]["text-sentiment"]["aliases"]["stable"] == "2", ms["user_config"]
+    if STUB:  # applied in place: KubeRay PUTs the new config to the running cluster's dashboard
+        wait_for(
+            f"rev 2's serveConfigV2 submitted to {name1}", lambda: check_submitted(ns, name1, rs2) or True, 60
+        )
     time.sleep(10)  # give the operator time to (wrongly) build a new cluster
     clusters = rayclusters(ns)
     assert [c["metadata"]["uid"] for c in clusters] == [cluster1["uid"]], [
         c["metadata"]["name"] for c in clusters
     ]
+    if STUB:
+        wait_serving(ns, name1, f"the RayService still Ready on {name1}", 30)
     say(
         f"rev 2 (model rollout): serveConfigV2 changed, rayClusterConfig identical, RayCluster "
-        f"{cluster1['name']} kept (same uid, no new cluster after 10 s)"
+        f"{name1} kept (same uid, no new cluster after 10 s)"
+        + ("; the new config was submitted to its dashboard in place" if STUB else "")
     )
 
-    # rev 3: a worker-group change -> KubeRay's zero-downtime path builds a pending cluster
+    # rev 3: a worker-group change -> KubeRay's zero-downtime path builds a pending cluster. The stub
+    # holds the new cluster's Serve applications at DEPLOYING, so the pending phase can be observed.
+    if STUB:
+        stub("POST", "/_stub/hold")
+    t = time.monotonic()
     helm(
         "upgrade",
         "mm",
@@ -471,29 +562,57 @@ def lifecycle() -> None:
         "--set-string",
         "workerGroups.cpu.resources.requests.cpu=3",
     )
-
     rs3 = rayservice(ns)
     assert rs3["spec"]["serveConfigV2"] == rs2["spec"]["serveConfigV2"]
     assert rs3["spec"]["rayClusterConfig"] != rs2["spec"]["rayClusterConfig"]
     worker = rs3["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert worker["resources"]["requests"]["cpu"] == "3", worker["resources"]
-    # KubeRay must not patch a worker-spec change into the running cluster: it builds a new one
-    # (NewCluster). Under kwok that new cluster is never created: the operator first asks the current
-    # cluster's dashboard (a fake pod IP) for Serve status, fails, and requeues before the step that
-    # prepares a pending cluster (RayService controller, calculateStatus) -- see docs/e2e.md.
-    time.sleep(10)
-    clusters = rayclusters(ns)
-    assert [c["metadata"]["uid"] for c in clusters] == [cluster1["uid"]], [
-        c["metadata"]["name"] for c in clusters
-    ]
-    kept = clusters[0]["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-    assert kept["resources"]["requests"]["cpu"] == "4", kept["resources"]
+    values3 = computed_values("mm", ns)
+    expected_pods = 1 + sum(g["replicas"] for g in values3["workerGroups"].values() if g["enabled"])
+
+    def pending_started():
+        active, pending, conds = rs_status(ns)
+        assert active == name1 and pending not in ("", name1), f"active={active!r} pending={pending!r}"
+        assert conds.get("UpgradeInProgress") == "True", conds
+        clusters = {c["metadata"]["name"]: c for c in rayclusters(ns)}
+        assert set(clusters) == {name1, pending}, sorted(clusters)
+        assert worker_cpu(clusters[pending]) == "3", worker_cpu(clusters[pending])
+        running = [p for p in pods_of(ns, pending) if p["status"].get("phase") == "Running"]
+        assert len(running) == expected_pods, f"{len(running)}/{expected_pods} pods of {pending} Running"
+        # the old cluster is untouched and keeps the traffic while the new one is not ready
+        old = clusters[name1]
+        assert old["metadata"]["uid"] == cluster1["uid"] and worker_cpu(old) == "4", worker_cpu(old)
+        assert service_targets(ns) == (name1, name1), service_targets(ns)
+        if STUB:
+            check_submitted(ns, pending, rs3)
+        return pending
+
+    name2 = wait_for("KubeRay to start a pending RayCluster", pending_started, timeout=90)
     say(
-        "rev 3 (worker group change): only rayClusterConfig changed (requests.cpu=3); KubeRay did not "
-        f"mutate RayCluster {cluster1['name']} in place (no new cluster under kwok, see docs/e2e.md)"
+        f"rev 3 (worker group change): only rayClusterConfig changed (requests.cpu=3); KubeRay started "
+        f"pending RayCluster {name2} (status.pendingServiceStatus, UpgradeInProgress=True, {expected_pods} "
+        f"pods Running, worker requests.cpu=3"
+        + (", serveConfigV2 submitted to its dashboard" if STUB else "")
+        + f") while {name1} stays unchanged and keeps the head/serve Services "
+        f"({time.monotonic() - t:.1f} s)"
+    )
+    if STUB:
+        time.sleep(
+            4
+        )  # the pending cluster is not ready: nothing may switch yet (the operator polls every 2 s)
+        assert pending_started() == name2
+        t = time.monotonic()
+        stub("POST", "/_stub/release")  # the new cluster's Serve applications are RUNNING now
+    wait_serving(ns, name2, f"the switch to {name2}", timeout=90 if STUB else 900)
+    clusters = {c["metadata"]["name"] for c in rayclusters(ns)}
+    assert name1 in clusters, clusters  # kept for rayClusterDeletionDelaySeconds (60 s) after the switch
+    say(
+        f"rev 3: {name2}'s applications RUNNING -> KubeRay promoted it (active={name2}, no pending, "
+        f"UpgradeInProgress=False, head/serve Services switched); {name1} still exists for "
+        f"rayClusterDeletionDelaySeconds ({time.monotonic() - t:.1f} s)"
     )
 
-    # rollback to rev 1 -> the RayService spec is rev 1's again
+    # rollback to rev 1 -> the RayService spec is rev 1's again, and a cluster with rev 1's spec serves
     helm("rollback", "mm", "1", "-n", ns)
     rs4 = rayservice(ns)
     assert rs4["spec"]["serveConfigV2"] == rs1["spec"]["serveConfigV2"]
@@ -504,20 +623,22 @@ def lifecycle() -> None:
     assert [h["revision"] for h in history] == [1, 2, 3, 4] and history[-1]["status"] == "deployed", history
     assert "Rollback to 1" in history[-1]["description"], history[-1]
 
-    def settled():
-        clusters = rayclusters(ns)
-        for c in clusters:
-            w = c["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-            if w["resources"]["requests"]["cpu"] == "4":
-                return c
-        raise AssertionError(
-            f"no RayCluster with rev 1's worker spec: {[c['metadata']['name'] for c in clusters]}"
-        )
+    def rolled_back():
+        active, pending, _ = rs_status(ns)
+        assert active not in (name1, name2) and not pending, f"active={active!r} pending={pending!r}"
+        cluster = get("raycluster", ns, active)
+        assert worker_cpu(cluster) == "4", worker_cpu(cluster)
+        return cluster
 
-    back = wait_for("a RayCluster with rev 1's spec", settled, timeout=90)
+    t = time.monotonic()
+    back = wait_for("a new RayCluster with rev 1's spec serving", rolled_back, timeout=90 if STUB else 900)
+    name3 = back["metadata"]["name"]
+    wait_serving(ns, name3, f"the RayService Ready on {name3}")
+    check_submitted(ns, name3, rs4)
     say(
         f"rollback to rev 1 (rev 4): RayService spec equals rev 1's (serveConfigV2 and rayClusterConfig); "
-        f"RayCluster {back['metadata']['name']} has rev 1's worker spec"
+        f"again the zero-downtime path: new RayCluster {name3} with rev 1's worker spec is active "
+        f"({time.monotonic() - t:.1f} s)"
     )
     uninstall_and_check(ns, keep_pvc=False)
     kubectl("delete", "namespace", ns, "--wait=false")
