@@ -28,10 +28,14 @@ from manymodels.serve.metrics_merge import merge_pages
 
 log = logging.getLogger("manymodels.gateway")
 POLL_S = 1.0
-HANDOVER_S = 15.0
+# How long a replaced Gateway keeps its port served while its successor starts (a new replica can
+# take 20 s+ on a busy node); Serve's graceful_shutdown_timeout_s must exceed it.
+HANDOVER_S = 45.0
 
 
-@serve.deployment(name=GATEWAY, ray_actor_options={"num_cpus": 0})
+@serve.deployment(
+    name=GATEWAY, ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=HANDOVER_S + 15
+)
 class Gateway:
     def __init__(self, model_server: DeploymentHandle) -> None:
         self._model_server = model_server
@@ -115,7 +119,7 @@ class Gateway:
         return Response(body, status_code=status, headers=dict(headers))
 
     def _deployment_lives(self) -> bool:
-        """True while Serve rolls out a new Gateway version (a successor is coming)."""
+        """False once no successor can come: the app is deleted or the Gateway scales down."""
         try:
             app = serve.status().applications.get(self._app)
         except Exception:  # controller gone: the whole app is shutting down
@@ -123,7 +127,9 @@ class Gateway:
         if app is None or str(app.status).endswith("DELETING"):
             return False
         deployment = app.deployments.get(GATEWAY)
-        return deployment is not None and str(deployment.status).endswith("UPDATING")
+        # Scaling down (a node left) brings no successor; anything else (a new version rolling out,
+        # its status still settling) may.
+        return deployment is not None and not str(deployment.status).endswith("DOWNSCALING")
 
     def __del__(self) -> None:
         self._leaving = True
