@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from manymodels.codec import decode_oip_tensor, encode_oip_output
+from manymodels.codec import NUMPY_TO_OIP, decode_oip_tensor, encode_oip_output
 from manymodels.dataplane import DataPlane
 from manymodels.errors import (
     InvalidName,
@@ -42,17 +42,30 @@ def error_response(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+async def receive_body(headers: list[tuple[bytes, bytes]], receive: Any, limit: int) -> bytes | None:
+    """An ASGI request body, refused (413) past ``limit``; None if the client went away."""
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"request body of {value.decode()} bytes exceeds the {limit}-byte limit")
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
         chunks.append(chunk)
+        more = message.get("more_body", False)
     return b"".join(chunks)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    raw = await receive_body(request.scope["headers"], request.receive, limit)
+    if raw is None:
+        raise InvalidRequest("the client disconnected before sending the whole body")
+    return raw
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -274,28 +287,13 @@ class FastPath:
         if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
             await self.routed(scope, receive, send)
             return
-        limit = self.plane.config.limits.max_body_bytes
-        x_model = None
+        headers = scope["headers"]
+        x_model = next((v.decode("latin-1") for k, v in headers if k == b"x-model"), None)
         try:
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > limit:
-                    raise PayloadTooLarge(
-                        f"request body of {value.decode()} bytes exceeds the {limit}-byte limit"
-                    )
-                if name == b"x-model":
-                    x_model = value.decode("latin-1")
-            chunks, size, more = [], 0, True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-            status, body = await predict_bytes(self.plane, b"".join(chunks), x_model)
+            raw = await receive_body(headers, receive, self.plane.config.limits.max_body_bytes)
+            if raw is None:
+                return
+            status, body = await predict_bytes(self.plane, raw, x_model)
         except PayloadTooLarge as exc:
             status, body = exc.status, orjson.dumps({"error": str(exc)})
             self.plane.metrics.observe("-", status, 0.0)
@@ -328,8 +326,6 @@ def _parameters(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tensor_meta(spec: Any) -> dict[str, Any]:
-    from manymodels.codec import NUMPY_TO_OIP
-
     return {"name": spec.name, "datatype": NUMPY_TO_OIP[spec.dtype], "shape": spec.shape}
 
 

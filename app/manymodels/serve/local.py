@@ -79,7 +79,7 @@ def _app_status() -> str:
         if app.message:
             text += f": {app.message.strip()[:200]}"
         for name, dep in app.deployments.items():
-            if dep.message and "UNHEALTHY" in str(dep.status) or "FAIL" in str(dep.status):
+            if dep.message and ("UNHEALTHY" in str(dep.status) or "FAIL" in str(dep.status)):
                 text += f" [{name}: {dep.message.strip()[-1500:]}]"
         parts.append(text)
     return "; ".join(parts)
