@@ -1,18 +1,22 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 SHELL := /bin/bash
+include ci/versions.env
 PYTHON ?= python3
-VENV ?= .venv
+# Absolute, so that every recipe and script may `cd` anywhere and still find the venv's interpreter.
+VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
+# Each stage of `make test` reports its wall time (and `make test-cold` tabulates them).
+STAGE := $(CURDIR)/ci/stage.sh
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv demo test test-app lint bench-cache bench-http clean
+.PHONY: venv demo test test-app test-cold lint bench-cache bench-http clean
 
-# The virtual environment; pip's own cache (~/.cache/pip) keeps repeat installs fast.
+# The virtual environment; pip's own cache (PIP_CACHE_DIR, default ~/.cache/pip) keeps repeat installs fast.
 $(VENV)/.installed: app/pyproject.toml requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip==24.3.1
-	$(PY) -m pip install -q -e 'app[torch]' -r requirements-dev.txt
+	$(STAGE) venv bash -c 'set -e; $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install -q --upgrade pip==$(PIP_VERSION); \
+	  $(PY) -m pip install -q -e "app[torch]" -r requirements-dev.txt'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -24,9 +28,13 @@ lint: venv
 	$(VENV)/bin/ruff check app tests bench
 
 test-app: venv lint
-	$(PY) -m pytest tests/app -q -p no:cacheprovider
+	$(STAGE) app-tests $(PY) -m pytest tests/app -q -p no:cacheprovider
 
 test: test-app test-chart test-image test-e2e
+
+# `bash .ci/run` in a fresh clone with every cache empty (not part of `make test`; docs/testing.md)
+test-cold:
+	ci/test-cold.sh
 
 bench-cache: venv
 	$(PY) bench/cache_replay.py

@@ -10,59 +10,33 @@
 # Nothing upstream is committed: charts/kuberay-operator/ and charts/*.tgz are git-ignored.
 #
 # KUBERAY_MODULE_VERSION (default: the Chart.yaml dependency version) picks the module. Some module proxy
-# mirrors refuse some versions; then KUBERAY_MODULE_FALLBACK (default v1.6.2) is used with a loud
-# warning, and the assembled chart carries the version it was really built from (helm matches
-# dependencies by name, so rendering works; `helm dependency list` then shows "wrong version").
+# mirrors refuse some versions; then KUBERAY_MODULE_FALLBACK (default KUBERAY_FALLBACK_VERSION in
+# ci/versions.env) is used with a loud warning (ci/lib.sh kuberay_version), and the assembled chart
+# carries the version it was really built from (helm matches dependencies by name, so rendering works; `helm dependency list` then shows "wrong version").
 # Set KUBERAY_MODULE_FALLBACK= (empty) to forbid the fallback.
 set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-python3}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, versions, kuberay_version, module_dir, ...
+use_python
 OUT=$ROOT/charts/kuberay-operator
-log() { echo "chart-deps: $*" >&2; }
-
-# the version pinned in Chart.yaml (single source of truth)
-PINNED=$(awk '/^dependencies:/{d=1} d&&/name: kuberay-operator/{n=1} n&&/version:/{gsub(/["'"'"' ]/,"",$2); print $2; exit}' \
-  "$ROOT/Chart.yaml")
-[[ -n $PINNED ]] || { log "no kuberay-operator dependency version in Chart.yaml"; exit 1; }
-MODULE=github.com/ray-project/kuberay/ray-operator
-WANT=${KUBERAY_MODULE_VERSION:-v$PINNED}
-FALLBACK=${KUBERAY_MODULE_FALLBACK-v1.6.2}
 
 if [[ ${1:-} == lock ]]; then
+  "$ROOT/ci/chart-tools.sh" >/dev/null
   PATH="$("$ROOT/ci/chart-tools.sh" path):$PATH"
-  command -v manymodels-chartlock >/dev/null || "$ROOT/ci/chart-tools.sh" >/dev/null
   exec manymodels-chartlock "$ROOT"
 fi
 
-module_dir() {
-  go mod download -json "$MODULE@$1" 2>/dev/null | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p'
-}
-
-if [[ -f $OUT/.assembled-from ]] && grep -qx "$MODULE@$WANT" "$OUT/.assembled-from"; then
-  log "charts/kuberay-operator already assembled from $MODULE@$WANT"
+assembled_from() { grep -qx "$KUBERAY_MODULE@$1" "$OUT/.assembled-from" 2>/dev/null; }
+USED=$(kuberay_version assembled_from)
+if assembled_from "$USED"; then
+  log "charts/kuberay-operator already assembled from $KUBERAY_MODULE@$USED"
   exit 0
 fi
-USED=$WANT
-DIR=$(module_dir "$WANT" || true)
-if [[ -z $DIR ]]; then
-  if [[ -z $FALLBACK ]]; then
-    log "the module proxy does not serve $MODULE@$WANT and KUBERAY_MODULE_FALLBACK is empty"; exit 1
-  fi
-  if [[ -f $OUT/.assembled-from ]] && grep -qx "$MODULE@$FALLBACK" "$OUT/.assembled-from"; then
-    log "WARNING: $MODULE@$WANT unavailable; keeping charts/kuberay-operator assembled from $FALLBACK"
-    exit 0
-  fi
-  log "WARNING: the module proxy does not serve $MODULE@$WANT; assembling from $FALLBACK instead."
-  log "WARNING: use 'helm dependency build' (internet) for the real kuberay-operator $PINNED chart."
-  USED=$FALLBACK
-  DIR=$(module_dir "$FALLBACK")
-  [[ -n $DIR ]] || { log "the module proxy does not serve $MODULE@$FALLBACK either"; exit 1; }
-fi
+DIR=$(module_dir "$KUBERAY_MODULE@$USED")
 
-STAGE=$(mktemp -d "$ROOT/charts/.kuberay-operator.XXXXXX" 2>/dev/null || { mkdir -p "$ROOT/charts"; mktemp -d "$ROOT/charts/.kuberay-operator.XXXXXX"; })
+mkdir -p "$ROOT/charts"
+STAGE=$(mktemp -d "$ROOT/charts/.kuberay-operator.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
-"$PYTHON" - "$DIR" "$MODULE" "$USED" "$STAGE" <<'PY'
+"$PYTHON" - "$DIR" "$KUBERAY_MODULE" "$USED" "$STAGE" <<'PY'
 """Assemble a Helm chart from the ray-operator module's kustomize install manifests."""
 import shutil
 import sys
@@ -175,4 +149,4 @@ PY
 rm -rf "$OUT"
 mv "$STAGE" "$OUT"
 trap - EXIT
-log "charts/kuberay-operator assembled from $MODULE@$USED (Chart.yaml pins $PINNED)"
+log "charts/kuberay-operator assembled from $KUBERAY_MODULE@$USED (Chart.yaml pins $(kuberay_pinned))"

@@ -9,22 +9,12 @@
 # Overrides: MANYMODELS_TOOLS_DIR (cache root), PYTHON (python with pip + pyyaml), GOPROXY/GOFLAGS as usual.
 # Cold build on 2 cores: ~10-20 min (helm, helm-unittest and the lock tool share most of Go's build cache).
 set -euo pipefail
-
-HELM_VERSION=v3.21.3            # same helm as helm-unittest v1.1.2 links against: one build cache for both
-HELM_UNITTEST_VERSION=v1.1.2
-KUBECONFORM_VERSION=v0.7.0
-KUBE_LINTER_VERSION=v0.8.3
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, TOOLS, versions, install_once, module_dir, ...
+use_python
+export CGO_ENABLED=0
 # golang.stackrox.io is not served by every module proxy mirror; the same module is published under its
 # GitHub path too, so we download it by that path and build it from a copy (its go.mod says golang.stackrox.io).
 KUBE_LINTER_MODULE=github.com/stackrox/kube-linter
-KUBERNETES_VALIDATE_VERSION=1.35.0   # PyPI wheel with the built-in kinds' JSON schemas
-KUBE_VERSION=1.35.0                  # Kubernetes version the chart is validated against (also --kube-version)
-PROMETHEUS_OPERATOR_VERSION=v0.85.0  # Go module whose example/prometheus-operator-crd/ gives the monitor CRDs
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TOOLS=${MANYMODELS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/manymodels/tools}
-PYTHON=${PYTHON:-python3}
-export CGO_ENABLED=0
 
 HELM_DIR=$TOOLS/helm-$HELM_VERSION
 UNITTEST_DIR=$TOOLS/helm-unittest-$HELM_UNITTEST_VERSION
@@ -36,8 +26,6 @@ CHARTLOCK_KEY=$(sha256sum "$CHARTLOCK_SRC" | cut -c1-12)
 CHARTLOCK_DIR=$TOOLS/chartlock-$HELM_VERSION-$CHARTLOCK_KEY
 K8S_SCHEMA_DIR=$TOOLS/schemas/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION-v$KUBE_VERSION
 MONITORING_SCHEMA_DIR=$TOOLS/schemas/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION
-
-log() { echo "chart-tools: $*" >&2; }
 
 print_path() {
   echo "$HELM_DIR/bin:$UNITTEST_DIR/bin:$KUBECONFORM_DIR/bin:$KUBE_LINTER_DIR/bin:$CHARTLOCK_DIR/bin"
@@ -54,20 +42,12 @@ export MANYMODELS_TOOLS_DIR="$TOOLS"
 EOF
 }
 
-# module_dir MODULE@VERSION -> prints the module's read-only directory in Go's module cache
-module_dir() {
-  local json dir
-  json=$(go mod download -json "$1") || { log "go mod download $1 failed:"; echo "$json" >&2; return 1; }
-  dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
-  if [[ -z $dir ]]; then log "module $1 not available: $json"; return 1; fi
-  echo "$dir"
-}
-
 # crd_schemas OUT_DIR CRD.yaml... : kubeconform's own openapi2jsonschema.py (pinned with kubeconform),
 # files named <group>-<kind>_<version>.json for -schema-location '{{.Group}}-{{.ResourceKind}}_{{.ResourceAPIVersion}}.json'
 crd_schemas() {
   local out=$1 script; shift
-  script=$(module_dir "github.com/yannh/kubeconform@$KUBECONFORM_VERSION")/scripts/openapi2jsonschema.py
+  script=$(module_dir "github.com/yannh/kubeconform@$KUBECONFORM_VERSION") || return 1
+  script=$script/scripts/openapi2jsonschema.py
   mkdir -p "$out"
   local files=() f
   for f in "$@"; do files+=("$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"); done
@@ -82,36 +62,6 @@ case "${1:-install}" in
   install) ;;
   *) echo "usage: $0 [install|path|env|crd-schemas OUT_DIR CRD.yaml...]" >&2; exit 2 ;;
 esac
-
-# build_from_copy MODULE@VERSION PKG OUT [extra main.go to add as PKG] : for modules that `go install`
-# refuses (replace directives) or that must be built under another path.
-build_from_copy() {
-  local mod=$1 pkg=$2 out=$3 extra=${4:-} src work
-  src=$(module_dir "$mod")
-  work=$(mktemp -d)
-  cp -r "$src/." "$work/"
-  chmod -R u+w "$work"
-  if [[ -n $extra ]]; then mkdir -p "$work/$pkg"; cp "$extra" "$work/$pkg/main.go"; fi
-  (cd "$work" && go build -trimpath -ldflags "${LDFLAGS:-}" -o "$out" "./$pkg")
-  rm -rf "$work"
-}
-
-# install_once DIR description command... : runs the command with $STAGE as the staging dir, then
-# renames it to DIR atomically; skipped when DIR/.ok exists.
-install_once() {
-  local dir=$1 what=$2; shift 2
-  if [[ -f $dir/.ok ]]; then return 0; fi
-  log "installing $what into $dir (first time; cached afterwards)"
-  local start=$SECONDS
-  STAGE=$(mktemp -d "$TOOLS/.stage.XXXXXX")
-  export STAGE
-  "$@"
-  touch "$STAGE/.ok"
-  rm -rf "$dir"
-  mkdir -p "$(dirname "$dir")"
-  mv "$STAGE" "$dir"
-  log "$what ready in $((SECONDS - start)) s"
-}
 
 mkdir -p "$TOOLS"
 

@@ -6,12 +6,12 @@
 #   make test-chart    lint, unit tests, kubeconform, kube-linter, schema + contract tests
 # Uses the project's venv (the root Makefile's `venv` target): pyyaml + pytest, and the app itself for
 # the chart <-> app contract test.
-CHART_PYTHON ?= $(VENV)/bin/python
+CHART_PYTHON ?= $(PY)
 
 .PHONY: chart-tools chart-deps chart-lock test-chart
 
 chart-tools: venv
-	PYTHON=$(CHART_PYTHON) ci/chart-tools.sh
+	$(STAGE) chart-tools env PYTHON=$(CHART_PYTHON) ci/chart-tools.sh >/dev/null
 
 chart-deps: venv
 	PYTHON=$(CHART_PYTHON) ci/chart-deps.sh
@@ -19,5 +19,5 @@ chart-deps: venv
 chart-lock: venv
 	PYTHON=$(CHART_PYTHON) ci/chart-deps.sh lock
 
-test-chart: venv
-	PYTHON=$(CHART_PYTHON) ci/test-chart.sh
+test-chart: venv chart-tools chart-deps
+	$(STAGE) chart-tests env PYTHON=$(CHART_PYTHON) ci/test-chart.sh

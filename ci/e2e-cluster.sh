@@ -16,11 +16,11 @@ set -euo pipefail
 
 cmd=${1:?usage: $0 up|operator|down DIR}
 DIR=${2:?usage: $0 up|operator|down DIR}
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-log() { echo "e2e-cluster: $*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, log
+use_python
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 # start NAME command... : background process, pid in DIR/pids/NAME, output in DIR/logs/NAME.log
@@ -127,7 +127,7 @@ operator() {
   # kwok's head pods run no Ray: the operator's plain-HTTP calls to a head (Serve status/config on the
   # dashboard, the Serve proxy's health) go through HTTP_PROXY to a stand-in that answers as that head
   # would (tests/e2e/dashboard_stub.py; docs/e2e.md). HTTPS to the API server on 127.0.0.1 is not proxied.
-  start dashboard-stub python3 "$ROOT/tests/e2e/dashboard_stub.py" --url-file "$DIR/dashboard-stub.url"
+  start dashboard-stub "$PYTHON" "$ROOT/tests/e2e/dashboard_stub.py" --url-file "$DIR/dashboard-stub.url"
   wait_until "the dashboard stub" 20 test -s "$DIR/dashboard-stub.url"
   local stub
   stub=$(cat "$DIR/dashboard-stub.url")

@@ -11,31 +11,23 @@
 #   etcd        go.etcd.io/etcd/server/v3 $ETCD_VERSION via the wrapper module ci/e2e/etcd
 #   kwok        sigs.k8s.io/kwok/cmd/kwok $KWOK_VERSION (fake nodes and pods)
 #   ray-operator + its CRDs   github.com/ray-project/kuberay/ray-operator at the version Chart.yaml pins for
-#       the kuberay-operator dependency -- with the SAME fallback as ci/chart-deps.sh: when the module proxy
-#       refuses it (v1.7.0 today) KUBERAY_MODULE_FALLBACK (default v1.6.2) is used, loudly.
+#       the kuberay-operator dependency -- with the SAME fallback as ci/chart-deps.sh (ci/lib.sh
+#       kuberay_version): when the module proxy refuses it, KUBERAY_MODULE_FALLBACK (default
+#       KUBERAY_FALLBACK_VERSION in ci/versions.env) is used, loudly.
 #   helm        reused from ci/chart-tools.sh's cache (built there if missing)
 #
 # Overrides: MANYMODELS_TOOLS_DIR (cache root), KUBERAY_MODULE_VERSION, KUBERAY_MODULE_FALLBACK, GOPROXY.
 set -euo pipefail
-
-KUBE_VERSION=1.35.0       # same Kubernetes as ci/chart-tools.sh validates against; ci/e2e/k8s/go.mod pins it
-ETCD_VERSION=v3.6.8       # ci/e2e/etcd/go.mod pins it; kube-apiserver 1.35 needs etcd >= 3.5.13
-KWOK_VERSION=v0.8.0
-# PodMonitor/ServiceMonitor CRDs for the server-side dry-run of ci/full-values.yaml: the same module and
-# version ci/chart-tools.sh takes the monitors' kubeconform schemas from
-PROMETHEUS_OPERATOR_VERSION=$(sed -n 's/^PROMETHEUS_OPERATOR_VERSION=\([^ ]*\).*/\1/p' "$(dirname "${BASH_SOURCE[0]}")/chart-tools.sh")
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TOOLS=${MANYMODELS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/manymodels/tools}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, TOOLS, versions, install_once, kuberay_version, ...
 export CGO_ENABLED=0
-log() { echo "e2e-tools: $*" >&2; }
 
-# the kuberay-operator version pinned in Chart.yaml (same parsing as ci/chart-deps.sh)
-PINNED=$(awk '/^dependencies:/{d=1} d&&/name: kuberay-operator/{n=1} n&&/version:/{gsub(/["'"'"' ]/,"",$2); print $2; exit}' \
-  "$ROOT/Chart.yaml")
-KUBERAY_MODULE=github.com/ray-project/kuberay/ray-operator
-KUBERAY_WANT=${KUBERAY_MODULE_VERSION:-v$PINNED}
-KUBERAY_FALLBACK=${KUBERAY_MODULE_FALLBACK-v1.6.2}
+# The wrapper modules pin the versions in their go.mod; they must be the ones ci/versions.env names.
+gomod_requires() {  # DIR MODULE VERSION
+  grep -Eq "^[[:space:]]*(require[[:space:]]+)?$2[[:space:]]+$3([[:space:]]|$)" "$ROOT/$1/go.mod" || {
+    log "$1/go.mod does not require $2 $3 (ci/versions.env): change one to match the other"; return 1; }
+}
+gomod_requires ci/e2e/k8s k8s.io/kubernetes "v$KUBE_VERSION"
+gomod_requires ci/e2e/etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 
 # wrapper modules are keyed on their go.mod + go.sum too, so a dependency edit rebuilds
 key() { grep -hv "^[[:space:]]*//" "$@" | sha256sum | cut -c1-12; }   # comments do not count
@@ -43,26 +35,6 @@ KUBE_DIR=$TOOLS/kubernetes-v$KUBE_VERSION-$(key "$ROOT"/ci/e2e/k8s/go.{mod,sum})
 ETCD_DIR=$TOOLS/etcd-$ETCD_VERSION-$(key "$ROOT"/ci/e2e/etcd/go.{mod,sum})
 KWOK_DIR=$TOOLS/kwok-$KWOK_VERSION
 MONITORING_DIR=$TOOLS/monitoring-crds-$PROMETHEUS_OPERATOR_VERSION
-
-module_dir() {
-  go mod download -json "$1" 2>/dev/null | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p'
-}
-
-# resolve the operator version: the pinned one if the proxy has it (or it is cached), else the fallback
-kuberay_version() {
-  local v
-  for v in "$KUBERAY_WANT" ${KUBERAY_FALLBACK:+"$KUBERAY_FALLBACK"}; do
-    if [[ -f $TOOLS/kuberay-operator-$v/.ok ]] || [[ -n $(module_dir "$KUBERAY_MODULE@$v") ]]; then
-      if [[ $v != "$KUBERAY_WANT" ]]; then
-        log "WARNING: the module proxy does not serve $KUBERAY_MODULE@$KUBERAY_WANT (Chart.yaml pins $PINNED);" \
-          "using $v like ci/chart-deps.sh. Set KUBERAY_MODULE_FALLBACK= to forbid this."
-      fi
-      echo "$v"; return 0
-    fi
-  done
-  log "the module proxy serves neither $KUBERAY_MODULE@$KUBERAY_WANT nor the fallback '$KUBERAY_FALLBACK'"
-  return 1
-}
 
 print_env() {
   local helm_path kuberay_dir
@@ -72,26 +44,11 @@ print_env() {
 export PATH="$KUBE_DIR/bin:$ETCD_DIR/bin:$KWOK_DIR/bin:$kuberay_dir/bin:$helm_path:\$PATH"
 export MANYMODELS_KUBE_VERSION="$KUBE_VERSION"
 export MANYMODELS_KUBERAY_VERSION="$KUBERAY_VERSION"
-export MANYMODELS_KUBERAY_PINNED="v$PINNED"
+export MANYMODELS_KUBERAY_PINNED="$(kuberay_pinned)"
 export MANYMODELS_KUBERAY_CRDS="$kuberay_dir/crds"
 export MANYMODELS_KWOK_STAGES="$KWOK_DIR/kwok-stages.yaml"
 export MANYMODELS_MONITORING_CRDS="$MONITORING_DIR"
 EOF
-}
-
-install_once() {  # DIR description command... ; the command fills $STAGE, which then becomes DIR
-  local dir=$1 what=$2; shift 2
-  if [[ -f $dir/.ok ]]; then return 0; fi
-  log "building $what into $dir (first time; cached afterwards)"
-  local start=$SECONDS
-  mkdir -p "$TOOLS"
-  STAGE=$(mktemp -d "$TOOLS/.stage.XXXXXX")
-  export STAGE
-  "$@"
-  touch "$STAGE/.ok"
-  rm -rf "$dir"
-  mv "$STAGE" "$dir"
-  log "$what ready in $((SECONDS - start)) s"
 }
 
 build_kube() {
@@ -129,18 +86,12 @@ kwok_stages() {
 }
 
 build_kuberay() {
-  local dir
-  dir=$(module_dir "$KUBERAY_MODULE@$KUBERAY_VERSION")
   # built from a copy of the module: `go install MODULE@VERSION` also asks the proxy for the module's
   # version list (deprecation check), which this proxy answers with 403 for ray-operator
-  local work
-  work=$(mktemp -d)
-  cp -r "$dir/." "$work/"
-  chmod -R u+w "$work"
-  mkdir -p "$STAGE/bin"
-  (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$STAGE/bin/ray-operator" .)
-  rm -rf "$work"
-  mkdir -p "$STAGE/crds"
+  local dir
+  dir=$(module_dir "$KUBERAY_MODULE@$KUBERAY_VERSION")
+  mkdir -p "$STAGE/bin" "$STAGE/crds"
+  LDFLAGS="-s -w" build_from_copy "$KUBERAY_MODULE@$KUBERAY_VERSION" . "$STAGE/bin/ray-operator"
   cp "$dir"/config/crd/bases/*.yaml "$STAGE/crds/"
   chmod -R u+w "$STAGE/crds"
 }
@@ -152,13 +103,15 @@ copy_monitoring_crds() {
   chmod u+w "$STAGE"/*.yaml
 }
 
+kuberay_built() { [[ -f $TOOLS/kuberay-operator-$1/.ok ]]; }
+
 case "${1:-install}" in
-  env) KUBERAY_VERSION=$(kuberay_version); print_env; exit 0 ;;
+  env) KUBERAY_VERSION=$(kuberay_version kuberay_built); print_env; exit 0 ;;
   install) ;;
   *) echo "usage: $0 [install|env]" >&2; exit 2 ;;
 esac
 
-KUBERAY_VERSION=$(kuberay_version)
+KUBERAY_VERSION=$(kuberay_version kuberay_built)
 "$ROOT/ci/chart-tools.sh" >/dev/null   # helm (cached)
 install_once "$TOOLS/kuberay-operator-$KUBERAY_VERSION" "KubeRay operator $KUBERAY_VERSION + CRDs" build_kuberay
 install_once "$KWOK_DIR" "kwok $KWOK_VERSION" build_kwok

@@ -6,18 +6,17 @@
 #   make test-e2e-k8s   helm install/upgrade/rollback/uninstall on a real apiserver + KubeRay operator (kwok pods)
 #   make test-e2e-ray   the chart's serveConfigV2 on a real local Ray; model rollout under load
 # Needs chart-deps (the offline kuberay-operator dependency) from ci/chart.mk and the project venv.
-E2E_PYTHON ?= $(VENV)/bin/python
+E2E_PYTHON ?= $(PY)
 
 .PHONY: e2e-tools test-e2e test-e2e-k8s test-e2e-ray
 
-e2e-tools:
-	ci/e2e-tools.sh >/dev/null
+e2e-tools: venv
+	$(STAGE) e2e-tools env PYTHON=$(E2E_PYTHON) ci/e2e-tools.sh >/dev/null
 
-test-e2e: venv chart-deps
-	PYTHON=$(E2E_PYTHON) ci/e2e.sh all
+test-e2e: test-e2e-k8s test-e2e-ray
 
-test-e2e-k8s: venv chart-deps
-	PYTHON=$(E2E_PYTHON) ci/e2e.sh k8s
+test-e2e-k8s: venv chart-deps e2e-tools
+	$(STAGE) e2e-k8s env PYTHON=$(E2E_PYTHON) ci/e2e.sh k8s
 
-test-e2e-ray: venv chart-deps
-	PYTHON=$(E2E_PYTHON) ci/e2e.sh ray
+test-e2e-ray: venv chart-deps chart-tools
+	$(STAGE) e2e-ray env PYTHON=$(E2E_PYTHON) ci/e2e.sh ray

@@ -15,11 +15,10 @@
 # pid, also on failure or Ctrl-C.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-python3}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, log
+use_python
 WHAT=${1:-all}
 cd "$ROOT"
-log() { echo "e2e: $*" >&2; }
 export RAY_USAGE_STATS_ENABLED=0
 
 t0=$SECONDS

@@ -13,6 +13,7 @@
 # 4. runs the command with DOCKER_HOST, DOCKER (the Debian client), DOCKER_BUILDKIT=1,
 #    TESTCONTAINERS_RYUK_DISABLED=true and MM_STANDIN_BASE exported.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # log
 
 MM_DOCKER_DIR=${MM_DOCKER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/manymodels/docker}
 MM_STANDIN_BASE=${MM_STANDIN_BASE:-manymodels-standin-base:bookworm-py311}
@@ -22,7 +23,6 @@ SOCK=$MM_DOCKER_DIR/docker.sock
 PIDFILE=$MM_DOCKER_DIR/dockerd.pid
 export DOCKER_HOST=unix://$SOCK DOCKER DOCKER_BUILDKIT=1 TESTCONTAINERS_RYUK_DISABLED=true MM_STANDIN_BASE
 
-log() { echo "[image-env] $*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 ensure_tools() {

@@ -10,16 +10,16 @@
 # with the NVIDIA runtime is the one to use: `DOCKER=docker ci/image-gpu-smoke.sh --gpu`).
 # MM_GPU_IMAGE overrides the image.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, log, chart_field
+cd "$ROOT"
 
 gpu=0
 [ "${1:-}" = --gpu ] && gpu=1
 DOCKER=${DOCKER:-docker}
-version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' Chart.yaml)
+version=$(chart_field appVersion)
 image=${MM_GPU_IMAGE:-ghcr.io/manymodels/manymodels:$version}
 gpu_args=()
 [ "$gpu" = 1 ] && gpu_args=(--gpus all)
-log() { echo "[gpu-smoke] $*" >&2; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mm-gpu-smoke.XXXXXX")
 name=mm-gpu-smoke-$$

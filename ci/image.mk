@@ -9,16 +9,16 @@ IMAGE_PYTEST ?= -q -p no:cacheprovider
 .PHONY: image image-gpu test-image image-shell image-clean
 
 image: ## build the CPU image (ghcr.io/manymodels/manymodels:<appVersion>-cpu)
-	ci/image-env.sh ci/image-build.sh cpu
+	$(STAGE) image ci/image-env.sh ci/image-build.sh cpu
 
 image-gpu: ## build the GPU image (…:<appVersion>) on the stand-in base and check it without a GPU
 	ci/image-env.sh bash -c 'ci/image-build.sh gpu && ci/image-gpu-smoke.sh'
 
-test-image: $(IMAGE_VENV) ## build the CPU image and test it as a container (pytest + testcontainers)
-	ci/image-env.sh bash -c 'ci/image-build.sh cpu && MM_IMAGE_REQUIRED=1 $(IMAGE_PY) -m pytest tests/image $(IMAGE_PYTEST)'
+test-image: $(IMAGE_VENV) image ## build the CPU image and test it as a container (pytest + testcontainers)
+	$(STAGE) image-tests ci/image-env.sh env MM_IMAGE_REQUIRED=1 $(IMAGE_PY) -m pytest tests/image $(IMAGE_PYTEST)
 
 image-shell: ## a shell with DOCKER_HOST pointing at the private daemon (it stops when the shell exits)
 	ci/image-env.sh bash
 
 image-clean: ## remove the private daemon's data (images, build cache, stand-in base)
-	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/manymodels/docker"
+	rm -rf "$${MM_DOCKER_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/manymodels/docker}"

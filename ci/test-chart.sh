@@ -4,9 +4,9 @@
 # ci/chart-deps.sh (offline). PYTHON must have pytest, pyyaml and the app (manymodels) importable.
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, PYTHON made absolute
+use_python || exit 1
 cd "$ROOT"
-export PYTHON=${PYTHON:-python3}
 FAILED=()
 step() { echo; echo "=== $*"; }
 fail() { echo "FAIL: $*" >&2; FAILED+=("$*"); }

@@ -20,9 +20,9 @@ if [ "$1" = serve ] && [ -n "${MM_MODEL_ROOT:-}" ] && [ "${MM_MODEL_ROOT#*://}" 
 fi
 
 # Stay PID 1 as a tiny init: reap the orphans Ray's processes leave behind (bash reaps every child it
-# is handed) and pass SIGTERM on as SIGINT: ray.init() installs a C++ failure handler for SIGTERM in
-# the driver that aborts the process (exit 134) instead of running the server's graceful stop, while
-# SIGINT reaches the server's own handler (deployments drained, Ray shut down, exit 0).
+# is handed) and pass SIGTERM on as SIGINT to `python -m manymodels`, whose supervisor
+# (manymodels/supervisor.py) runs the server in a session of its own and stops it in one orderly step
+# (application deleted while Ray is alive, then Ray shut down, exit 0).
 python -m manymodels "$@" &
 child=$!
 trap 'kill -INT "$child" 2>/dev/null || true' TERM INT

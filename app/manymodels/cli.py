@@ -1,7 +1,8 @@
 """``python -m manymodels serve --config FILE``: run a Serve config on this machine until stopped.
 
 The container image's standalone entrypoint and ``make demo`` both end up here; on Kubernetes,
-KubeRay submits the same config to the cluster instead.
+KubeRay submits the same config to the cluster instead. Each command runs under
+``manymodels.supervisor``, so any stop signal ends it in one orderly step.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from manymodels.config import load_serve_config
+from manymodels.supervisor import orphaned, run_supervised, supervisor_pid
 
 
 def say(message: str) -> None:
@@ -32,19 +34,26 @@ def serve_forever(config: dict[str, Any], on_ready: Callable[[str], None] | None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    supervisor = supervisor_pid()
     try:
         say("deploying the Serve application")
         local.deploy(config)
-        url = local.wait_ready(config, progress=lambda s: say(f"application status: {s}"))
+        url = local.wait_ready(config, progress=lambda s: say(f"application status: {s}"), stop=stop)
         say(f"ready in {time.monotonic() - started:.1f}s on {url}")
         if on_ready:
             on_ready(url)
         say("Ctrl-C (or SIGTERM) stops the server")
-        stop.wait()
-        say("stopping")
+        while not stop.wait(1.0):
+            if supervisor is not None and orphaned(supervisor):
+                say("the supervising process is gone")
+                break
+    except InterruptedError:
+        pass  # stopped before it was ready
     finally:
+        say("stopping")
+        stopping = time.monotonic()
         local.shutdown()
-    say("stopped")
+    say(f"stopped in {time.monotonic() - stopping:.1f}s")
     return 0
 
 
@@ -55,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", required=True, help="Serve config YAML (${VAR:-default} expanded)")
     sub.add_parser("demo", help="build the demo catalog and serve it (make demo)")
     args, rest = parser.parse_known_args(argv)
+    if supervisor_pid() is None:
+        return run_supervised("manymodels", sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
         from manymodels.demo.__main__ import main as demo_main
 

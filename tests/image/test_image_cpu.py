@@ -124,15 +124,16 @@ def test_healthcheck_reports_healthy(served) -> None:
     raise AssertionError(wrapped.attrs["State"]["Health"])
 
 
-def test_sigterm_stops_cleanly(served) -> None:
-    """Last: SIGTERM (what `docker stop` and the kubelet send) ends the server within a bound."""
+def test_docker_stop_is_quick_and_clean(served) -> None:
+    """Last: `docker stop` (SIGTERM, then SIGKILL after its timeout; the kubelet does the same) ends
+    the server in an orderly way well within the bound (the goal is under 10 s)."""
     wrapped = served.container.get_wrapped_container()
     started = time.monotonic()
-    wrapped.kill(signal="SIGTERM")
-    result = wrapped.wait(timeout=60)
+    wrapped.stop(timeout=30)  # returns once the container has exited
     elapsed = time.monotonic() - started
+    result = wrapped.wait(timeout=10)
     out = wrapped.logs().decode(errors="replace")
-    print(f"\n[image] SIGTERM -> exit {result['StatusCode']} in {elapsed:.1f} s")
-    assert result["StatusCode"] == 0, out[-3000:]
-    assert elapsed < 30, out[-3000:]
+    print(f"\n[stop] docker stop -> exit {result['StatusCode']} in {elapsed:.1f} s")
+    assert result["StatusCode"] == 0, out[-3000:]  # 137 would mean docker had to SIGKILL it
+    assert elapsed < 15, out[-3000:]
     assert "[manymodels] stopped" in out, out[-3000:]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from manymodels.cli import say, serve_forever
 from manymodels.config import load_serve_config
+from manymodels.supervisor import run_supervised, supervisor_pid
 
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", default=os.environ.get("MM_PORT", "8000"))
     parser.add_argument("--mlp", type=int, default=30, help="number of demo MLP models")
     args = parser.parse_args(argv)
+    if supervisor_pid() is None:
+        return run_supervised("manymodels.demo", sys.argv[1:] if argv is None else argv)
 
     os.environ.update(
         MM_MODEL_ROOT=str(Path(args.models).resolve()), MM_HOST=args.host, MM_PORT=str(args.port)

@@ -31,10 +31,18 @@ POLL_S = 1.0
 # How long a replaced Gateway keeps its port served while its successor starts (a new replica can
 # take 20 s+ on a busy node); Serve's graceful_shutdown_timeout_s must exceed it.
 HANDOVER_S = 45.0
+# Serve sleeps graceful_shutdown_wait_loop_s (default 2 s) before it first counts a stopping replica's
+# in-flight requests. The Gateway's traffic does not pass Serve's router (HAProxy drains its own in
+# __del__), so that sleep only delays every stop. The ModelServer keeps the default: during a rollout
+# those 2 s are what keeps an old replica serving until its successor has registered.
+SHUTDOWN_WAIT_LOOP_S = 0.2
 
 
 @serve.deployment(
-    name=GATEWAY, ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=HANDOVER_S + 15
+    name=GATEWAY,
+    ray_actor_options={"num_cpus": 0},
+    graceful_shutdown_timeout_s=HANDOVER_S + 15,
+    graceful_shutdown_wait_loop_s=SHUTDOWN_WAIT_LOOP_S,
 )
 class Gateway:
     def __init__(self, model_server: DeploymentHandle) -> None:
@@ -89,8 +97,11 @@ class Gateway:
 
     def _await_successor(self, timeout: float = HANDOVER_S) -> None:
         """When Serve replaces this Gateway (a new app version), keep the port served until the
-        successor's HAProxy listens beside ours (SO_REUSEPORT), so no connection is refused."""
-        if self._config is None:
+        successor's HAProxy listens beside ours (SO_REUSEPORT), so no connection is refused.
+
+        Only then: when the application is deleted, Serve shuts down or the Gateway scales down, no
+        successor can come and the replica stops at once."""
+        if self._config is None or not self._successor_expected():
             return
         me = self._me()
         deadline = time.monotonic() + timeout
@@ -99,7 +110,7 @@ class Gateway:
                 g for g in registry.endpoints(self._app, kind="gateways")
                 if g.replica != me.replica and (g.host, g.port) == (me.host, me.port)
             ]
-            if successors or not self._deployment_lives():
+            if successors or not self._successor_expected():
                 return
             time.sleep(0.2)
 
@@ -118,18 +129,18 @@ class Gateway:
         )
         return Response(body, status_code=status, headers=dict(headers))
 
-    def _deployment_lives(self) -> bool:
-        """False once no successor can come: the app is deleted or the Gateway scales down."""
+    def _successor_expected(self) -> bool:
+        """True only while Serve rolls the Gateway out to a new version (the app deploying or
+        running, the Gateway deployment UPDATING); a deleted app, a Serve shutdown (controller
+        gone or deleting) or a scale-down (a node left) brings no successor."""
         try:
             app = serve.status().applications.get(self._app)
         except Exception:  # controller gone: the whole app is shutting down
             return False
-        if app is None or str(app.status).endswith("DELETING"):
+        if app is None or _name(app.status) not in ("DEPLOYING", "RUNNING"):
             return False
         deployment = app.deployments.get(GATEWAY)
-        # Scaling down (a node left) brings no successor; anything else (a new version rolling out,
-        # its status still settling) may.
-        return deployment is not None and not str(deployment.status).endswith("DOWNSCALING")
+        return deployment is not None and _name(deployment.status) == "UPDATING"
 
     def __del__(self) -> None:
         self._leaving = True
@@ -140,6 +151,11 @@ class Gateway:
         with self._lock:
             self._haproxy.stop()
         self._metrics.close()
+
+
+def _name(status: object) -> str:
+    """A Serve status enum's name, whichever way this Ray version spells it."""
+    return str(getattr(status, "value", status)).rsplit(".", 1)[-1]
 
 
 def _node_ip() -> str:

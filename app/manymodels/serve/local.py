@@ -7,6 +7,7 @@ config format the Helm chart renders.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,15 +43,22 @@ def deploy(config: dict[str, Any]) -> None:
 
 
 def wait_ready(
-    config: dict[str, Any], timeout: float = 180.0, progress: Callable[[str], None] | None = None
+    config: dict[str, Any],
+    timeout: float = 180.0,
+    progress: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> str:
-    """Block until the Gateway answers ``/v2/health/ready`` through a replica; returns its URL."""
+    """Block until the Gateway answers ``/v2/health/ready`` through a replica; returns its URL.
+
+    Raises ``InterruptedError`` as soon as ``stop`` is set (a stop signal during start-up)."""
     gateway = app_settings(config).gateway
     host = "127.0.0.1" if gateway.host in ("0.0.0.0", "::") else gateway.host
     url = f"http://{host}:{gateway.port}"
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
+        if stop is not None and stop.is_set():
+            raise InterruptedError("stopped before the application was ready")
         status = _app_status()
         if status != last and progress:
             progress(status)
@@ -62,7 +70,10 @@ def wait_ready(
                 return url
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        if stop is not None:
+            stop.wait(0.5)
+        else:
+            time.sleep(0.5)
     raise TimeoutError(f"no ready replica behind {url} after {timeout:.0f}s (status {last})")
 
 

@@ -1,7 +1,7 @@
 // Wrapper module: builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from
 // k8s.io/kubernetes, whose staging modules (k8s.io/api, ...) are replaced in its own go.mod by local
 // paths that `go install` refuses. Here each staging module points at its published v0.<minor>.<patch>.
-// To move Kubernetes: change the require and every replace to the new vX / v0.<minor>.<patch>, run `go mod tidy`, and set KUBE_VERSION in ci/e2e-tools.sh.
+// To move Kubernetes: change the require and every replace to the new vX / v0.<minor>.<patch>, run `go mod tidy`, and set KUBE_VERSION in ci/versions.env.
 module manymodels.local/e2e/k8s
 
 go 1.25.0
