@@ -7,7 +7,8 @@
 #   ci/chart-tools.sh env        print shell `export` lines for the tool and schema locations
 #
 # Overrides: MANYMODELS_TOOLS_DIR (cache root), PYTHON (python with pip + pyyaml), GOPROXY/GOFLAGS as usual.
-# Cold build on 2 cores: ~10-20 min (helm, helm-unittest and the lock tool share most of Go's build cache).
+# Versions: ci/versions.env. Cold build on 2 cores: ~3 min (docs/testing.md; helm, helm-unittest and the
+# lock tool share most of Go's build cache).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, TOOLS, versions, install_once, module_dir, ...
 use_python
