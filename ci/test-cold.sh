@@ -7,7 +7,7 @@
 #
 #   ci/test-cold.sh
 #
-# MM_COLD_DIR   where the temporary directory goes (default ${TMPDIR:-/tmp}; a cold run needs ~25 GB)
+# MM_COLD_DIR   where the temporary directory goes (default ${TMPDIR:-/tmp}; a cold run needs ~20 GB)
 # MM_COLD_LIMIT_S  a run slower than this fails too (default 4500 = 75 min; CI allows 90)
 # MM_COLD_KEEP  =1 keeps it (the clone, caches and ci.log) for a look after the run
 set -euo pipefail
