@@ -12,7 +12,8 @@
 # KUBERAY_MODULE_VERSION (default: the Chart.yaml dependency version) picks the module. Some module proxy
 # mirrors refuse some versions; then KUBERAY_MODULE_FALLBACK (default KUBERAY_FALLBACK_VERSION in
 # ci/versions.env) is used with a loud warning (ci/lib.sh kuberay_version), and the assembled chart
-# carries the version it was really built from (helm matches dependencies by name, so rendering works; `helm dependency list` then shows "wrong version").
+# carries the version it was really built from (helm matches dependencies by name, so rendering works;
+# `helm dependency list` then shows "wrong version").
 # Set KUBERAY_MODULE_FALLBACK= (empty) to forbid the fallback.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, versions, kuberay_version, module_dir, ...

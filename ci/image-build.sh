@@ -41,7 +41,8 @@ for f in "$ca" /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.c
     [ -n "$f" ] && [ -s "$f" ] && { ca=$f; break; }
 done
 
-args=(--build-arg "VARIANT=$variant" --build-arg "VERSION=$version" --build-arg "RAY_VERSION=$ray_version" --build-arg "REVISION=${revision:-unknown}"
+args=(--build-arg "VARIANT=$variant" --build-arg "VERSION=$version" --build-arg "RAY_VERSION=$ray_version"
+      --build-arg "REVISION=${revision:-unknown}"
       --build-arg "CREATED=${MM_IMAGE_CREATED:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}")
 base=${MM_BASE_IMAGE:-${MM_STANDIN_BASE:-}}
 [ -n "$base" ] && args+=(--build-arg "BASE_IMAGE=$base")
@@ -54,4 +55,4 @@ DOCKER_BUILDKIT=1 "$DOCKER" build -f images/Dockerfile "${args[@]}" --progress="
 # The previous build of this tag is now dangling: drop it (its layers stay in the build cache).
 "$DOCKER" image prune -f >/dev/null
 log "built $REPO:$tag in $((SECONDS - started)) s;" \
-    "size $("$DOCKER" image inspect -f '{{.Size}}' "$REPO:$tag" | awk '{printf "%.0f MB", $1 / 1e6}')" >&2
+    "size $("$DOCKER" image inspect -f '{{.Size}}' "$REPO:$tag" | awk '{printf "%.0f MB", $1 / 1e6}')"

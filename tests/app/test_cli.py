@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import alive, cmdline, descendants, free_port
 
 from manymodels.demo.__main__ import DEFAULT_CONFIG
 
@@ -28,44 +29,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_S = 15.0
 READY_TIMEOUT_S = 240.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc's parent links)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 class Server:
@@ -104,7 +67,7 @@ class Server:
                 pytest.fail(f"the server did not get ready:\n{self.output}")
 
     def kill(self) -> None:
-        for pid in _descendants(self.proc.pid) | {self.proc.pid}:
+        for pid in descendants(self.proc.pid) | {self.proc.pid}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(10)
@@ -117,8 +80,8 @@ def _env(tmp_path: Path, demo_catalog: Path) -> dict[str, str]:
     env.update(
         MM_MODEL_ROOT=str(models),
         MM_HOST="127.0.0.1",
-        MM_PORT=str(_free_port()),
-        MM_RAY_PROXY_PORT=str(_free_port()),
+        MM_PORT=str(free_port()),
+        MM_RAY_PROXY_PORT=str(free_port()),
         RAY_USAGE_STATS_ENABLED="0",
         PYTHONUNBUFFERED="1",
     )
@@ -126,8 +89,8 @@ def _env(tmp_path: Path, demo_catalog: Path) -> dict[str, str]:
 
 
 def _stop_and_measure(server: Server, sig: signal.Signals, group: bool, what: str) -> float:
-    processes = _descendants(server.proc.pid)
-    assert any("raylet" in _cmdline(p) for p in processes), "no raylet under the server?"
+    processes = descendants(server.proc.pid)
+    assert any("raylet" in cmdline(p) for p in processes), "no raylet under the server?"
     started = time.monotonic()
     if group:
         os.killpg(server.proc.pid, sig)
@@ -140,20 +103,13 @@ def _stop_and_measure(server: Server, sig: signal.Signals, group: bool, what: st
         pytest.fail(f"{what}: still running 60 s after {sig.name}:\n{server.output}")
     elapsed = time.monotonic() - started
     deadline = time.monotonic() + 2
-    while (left := [p for p in processes if _alive(p)]) and time.monotonic() < deadline:
+    while (left := [p for p in processes if alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     target = "process group" if group else "process"
     print(f"\n[stop] {what}: {sig.name} to the {target} -> exit {server.proc.returncode} in {elapsed:.1f} s")
-    assert not left, f"{what}: left running: {[_cmdline(p) for p in left]}\n{server.output}"
+    assert not left, f"{what}: left running: {[cmdline(p) for p in left]}\n{server.output}"
     assert elapsed < LIMIT_S, f"{what}: {sig.name} took {elapsed:.1f} s\n{server.output}"
     return elapsed
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "?"
 
 
 STOPS = [

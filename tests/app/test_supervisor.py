@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import alive
 
 from manymodels import supervisor
 
@@ -63,14 +64,6 @@ class Supervised:
         return self.proc.returncode, out, time.monotonic() - started
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
-
-
 @pytest.mark.parametrize("group", [True, False], ids=["group", "process"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_stop_signal_becomes_one_sigint_to_the_server(
@@ -87,7 +80,7 @@ def test_a_stop_signal_becomes_one_sigint_to_the_server(
     status, out, _ = run.finish()
     assert status == 0
     assert out.count("server: SIGINT") == 1
-    assert _gone(run.helper), "a process of the server's session outlived it"
+    assert not alive(run.helper), "a process of the server's session outlived it"
 
 
 def test_a_server_that_does_not_stop_is_killed_after_the_grace(tmp_path: Path) -> None:
@@ -96,7 +89,7 @@ def test_a_server_that_does_not_stop_is_killed_after_the_grace(tmp_path: Path) -
     status, _, took = run.finish()
     assert status == 128 + signal.SIGKILL
     assert took < 5
-    assert _gone(run.server) and _gone(run.helper)
+    assert not alive(run.server) and not alive(run.helper)
 
 
 def test_a_repeated_signal_is_one_request(tmp_path: Path) -> None:
@@ -117,7 +110,7 @@ def test_a_second_signal_kills_at_once(tmp_path: Path) -> None:
     status, _, took = run.finish()
     assert status == 128 + signal.SIGKILL
     assert took < 5
-    assert _gone(run.server) and _gone(run.helper)
+    assert not alive(run.server) and not alive(run.helper)
 
 
 def test_supervisor_pid_is_only_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:

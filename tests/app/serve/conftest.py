@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import copy
 import shutil
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import free_port
 
 from manymodels.config import load_serve_config
 from manymodels.demo.__main__ import DEFAULT_CONFIG
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

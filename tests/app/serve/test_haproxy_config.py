@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from processes import free_port
 
 from manymodels.config import GatewayConfig
 from manymodels.serve.haproxy_config import render
@@ -91,11 +92,6 @@ def test_check_refuses_a_broken_configuration(checker: HAProxyProcess) -> None:
 
 # ---- a real HAProxy -----------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def backend(server_id: str) -> ThreadingHTTPServer:
