@@ -21,7 +21,7 @@ class RuntimeSettings(BaseModel):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # One thread each by default: a replica holds many sessions, and ORT/torch default to one
-    # thread per core *per session*, which oversubscribes the CPU badly (DESIGN §2).
+    # thread per core *per session*, which oversubscribes the CPU badly.
     intra_op_threads: int = Field(default=1, ge=1)
     inter_op_threads: int = Field(default=1, ge=1)
 

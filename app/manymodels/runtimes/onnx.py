@@ -133,7 +133,7 @@ def _all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
 
 
 def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
-    """Allow external data only as plain files inside the artifact's folder (DESIGN §9).
+    """Allow external data only as plain files inside the artifact's folder.
 
     ONNX external-data locations have had path traversal CVEs; ORT would follow ``../`` or an
     absolute path, so anything but a bare file name that resolves inside ``folder`` is refused.

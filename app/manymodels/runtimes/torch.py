@@ -2,7 +2,7 @@
 
 torch is an optional extra, so it is imported only when a torch model is loaded.
 
-Security (DESIGN §9): a TorchScript archive contains code that runs when the model is called;
+Security: a TorchScript archive contains code that runs when the model is called;
 there is no safe mode, so serve TorchScript only from a trusted store whose artifacts are
 hash-verified (the store checks ``manifest.sha256`` before anything reaches this module).
 ``torch.export`` archives hold a serialized graph of ATen ops plus weights, a much smaller

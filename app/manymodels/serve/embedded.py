@@ -1,7 +1,7 @@
 """Runs the HTTP app under uvicorn on a dedicated thread and event loop inside a Serve replica.
 
 Requests reach it straight from the Gateway's HAProxy, skipping Ray's proxy -> replica hop (the
-measured ~40x cost, DESIGN.md §3). Everything that touches the DataPlane is scheduled on this loop.
+measured ~40x cost, docs/benchmarks.md). Everything that touches the DataPlane is scheduled on this loop.
 """
 
 from __future__ import annotations
