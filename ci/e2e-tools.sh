@@ -6,8 +6,11 @@
 #   ci/e2e-tools.sh env       print the `export` lines only (builds nothing)
 #
 # Tools (all built with CGO_ENABLED=0):
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  k8s.io/kubernetes $KUBE_VERSION via the
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy
+#               k8s.io/kubernetes $KUBE_VERSION via the
 #       wrapper module ci/e2e/k8s (its staging modules replaced by their published v0.<minor>.<patch>)
+#   coredns     github.com/coredns/coredns $COREDNS_VERSION via the wrapper module ci/e2e/coredns (a plugin
+#               subset: cluster DNS for the real node)
 #   etcd        go.etcd.io/etcd/server/v3 $ETCD_VERSION via the wrapper module ci/e2e/etcd
 #   kwok        sigs.k8s.io/kwok/cmd/kwok $KWOK_VERSION (fake nodes and pods)
 #   ray-operator + its CRDs   github.com/ray-project/kuberay/ray-operator at the version Chart.yaml pins for
@@ -28,11 +31,13 @@ gomod_requires() {  # DIR MODULE VERSION
 }
 gomod_requires ci/e2e/k8s k8s.io/kubernetes "v$KUBE_VERSION"
 gomod_requires ci/e2e/etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+gomod_requires ci/e2e/coredns github.com/coredns/coredns "$COREDNS_VERSION"
 
 # wrapper modules are keyed on their go.mod + go.sum too, so a dependency edit rebuilds
 key() { grep -hv "^[[:space:]]*//" "$@" | sha256sum | cut -c1-12; }   # comments do not count
 KUBE_DIR=$TOOLS/kubernetes-v$KUBE_VERSION-$(key "$ROOT"/ci/e2e/k8s/go.{mod,sum})
 ETCD_DIR=$TOOLS/etcd-$ETCD_VERSION-$(key "$ROOT"/ci/e2e/etcd/go.{mod,sum})
+COREDNS_DIR=$TOOLS/coredns-$COREDNS_VERSION-$(key "$ROOT"/ci/e2e/coredns/{go.mod,go.sum,main.go})
 KWOK_DIR=$TOOLS/kwok-$KWOK_VERSION
 MONITORING_DIR=$TOOLS/monitoring-crds-$PROMETHEUS_OPERATOR_VERSION
 
@@ -41,7 +46,7 @@ print_env() {
   helm_path=$("$ROOT/ci/chart-tools.sh" path | cut -d: -f1)   # helm's bin dir
   kuberay_dir=$TOOLS/kuberay-operator-$KUBERAY_VERSION
   cat <<EOF
-export PATH="$KUBE_DIR/bin:$ETCD_DIR/bin:$KWOK_DIR/bin:$kuberay_dir/bin:$helm_path:\$PATH"
+export PATH="$KUBE_DIR/bin:$ETCD_DIR/bin:$COREDNS_DIR/bin:$KWOK_DIR/bin:$kuberay_dir/bin:$helm_path:\$PATH"
 export MANYMODELS_KUBE_VERSION="$KUBE_VERSION"
 export MANYMODELS_KUBERAY_VERSION="$KUBERAY_VERSION"
 export MANYMODELS_KUBERAY_PINNED="$(kuberay_pinned)"
@@ -62,7 +67,13 @@ build_kube() {
   mkdir -p "$STAGE/bin"
   (cd "$ROOT/ci/e2e/k8s" && go build -trimpath -ldflags "$ld" -o "$STAGE/bin/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+}
+
+build_coredns() {
+  mkdir -p "$STAGE/bin"
+  (cd "$ROOT/ci/e2e/coredns" && go build -trimpath -ldflags "-s -w" -o "$STAGE/bin/coredns" .)
 }
 
 build_etcd() {
@@ -118,5 +129,6 @@ install_once "$KWOK_DIR" "kwok $KWOK_VERSION" build_kwok
 install_once "$MONITORING_DIR" "PodMonitor/ServiceMonitor CRDs (prometheus-operator $PROMETHEUS_OPERATOR_VERSION)" \
   copy_monitoring_crds
 install_once "$ETCD_DIR" "etcd $ETCD_VERSION" build_etcd
-install_once "$KUBE_DIR" "kube-apiserver/controller-manager/scheduler/kubectl v$KUBE_VERSION" build_kube
+install_once "$KUBE_DIR" "kube-apiserver/controller-manager/scheduler/kubectl/kubelet/kube-proxy v$KUBE_VERSION" build_kube
+install_once "$COREDNS_DIR" "CoreDNS $COREDNS_VERSION" build_coredns
 print_env

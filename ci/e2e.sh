@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# End-to-end proof of deployment (project issue 5); `make test-e2e` runs it. Two parts:
+# End-to-end proof of deployment; `make test-e2e` runs all three parts:
 #   k8s  a real control plane (etcd, kube-apiserver, controller-manager, scheduler) with kwok's fake
 #        nodes/pods and the real KubeRay operator on the host: server-side validation, the operator
-#        dependency, helm install of every values file, upgrade (model rollout / worker change: the
-#        zero-downtime pending cluster), rollback, uninstall; the kwok head pods' Ray dashboard is a
-#        stand-in (tests/e2e/dashboard_stub.py, docs/e2e.md)   -> tests/e2e/lifecycle.py
+#        dependency, helm install of the default values and every cloud file onto matching (fake)
+#        nodes, uninstall                                      -> tests/e2e/lifecycle.py
 #   ray  the chart's rendered serveConfigV2 on a real local Ray (dashboard REST API, token auth), model
 #        rollout under load with zero failed requests         -> tests/e2e/ray_rollout.py
+#   node a real one-node cluster (ci/e2e-node.sh: kubelet, containerd, kube-proxy, CoreDNS) running the
+#        CPU image and the KubeRay operator as pods: the README's user path, rollout, cluster change,
+#        replica kill, rollback, uninstall                     -> tests/e2e/node_path.py
+#        (needs root and the private dockerd: run it under ci/image-env.sh, after `make image`)
 #
-#   ci/e2e.sh [all|k8s|ray]      (default all)
+#   ci/e2e.sh [all|k8s|ray|node]      (default all: k8s and ray)
 #
 # PYTHON: a python with the app, ray[serve], httpx and pyyaml (the project venv). Tools come from
 # ci/e2e-tools.sh (cached outside the repo). Every process is started on loopback ports and stopped by
@@ -39,9 +42,7 @@ k8s() {
   export KUBECONFIG=$work/kubeconfig
   "$PYTHON" tests/e2e/lifecycle.py --phase operator-chart
   ci/e2e-cluster.sh operator "$work"
-  MANYMODELS_E2E_DASHBOARD_STUB=$(cat "$work/dashboard-stub.url")
-  export MANYMODELS_E2E_DASHBOARD_STUB
-  "$PYTHON" tests/e2e/lifecycle.py --phase lifecycle
+  "$PYTHON" tests/e2e/lifecycle.py --phase install-matrix
   ci/e2e-cluster.sh down "$work"
   trap - EXIT INT TERM
   log "k8s part passed in $((SECONDS - t)) s"
@@ -55,10 +56,30 @@ ray() {
   log "ray part passed in $((SECONDS - t)) s"
 }
 
+node() {
+  k8s_tools
+  local t=$SECONDS work serving images
+  serving=${MM_IMAGE_REPOSITORY:-ghcr.io/manymodels/manymodels}:$(chart_field appVersion)-cpu
+  docker image inspect "$serving" >/dev/null 2>&1 || { log "$serving is not built: make image"; return 1; }
+  images=$(ci/node-images.sh)
+  work=$(mktemp -d /tmp/mm-e2e-node.XXXXXX)
+  chmod 755 "$work"   # the catalog under it is read by the pods' user
+  # shellcheck disable=SC2064
+  trap "rc=\$?; ci/e2e-node.sh down $work/cluster || rc=1; rm -rf $work; exit \$rc" EXIT
+  trap 'exit 130' INT TERM
+  ci/e2e-node.sh up "$work/cluster"
+  # shellcheck disable=SC2086
+  ci/e2e-node.sh load "$work/cluster" $images "$serving"
+  KUBECONFIG=$work/cluster/kubeconfig "$PYTHON" tests/e2e/node_path.py --work "$work" \
+    --operator-tag "$MANYMODELS_KUBERAY_VERSION"
+  log "node part passed in $((SECONDS - t)) s (teardown follows)"
+}
+
 case $WHAT in
   all) k8s; ray ;;
   k8s) k8s ;;
   ray) ray ;;
-  *) echo "usage: $0 [all|k8s|ray]" >&2; exit 2 ;;
+  node) node ;;
+  *) echo "usage: $0 [all|k8s|ray|node]" >&2; exit 2 ;;
 esac
 log "passed ($WHAT) in $((SECONDS - t0)) s"

@@ -23,17 +23,8 @@ SOCK=$MM_DOCKER_DIR/docker.sock
 PIDFILE=$MM_DOCKER_DIR/dockerd.pid
 export DOCKER_HOST=unix://$SOCK DOCKER DOCKER_BUILDKIT=1 TESTCONTAINERS_RYUK_DISABLED=true MM_STANDIN_BASE
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
 ensure_tools() {
-    local missing=()
-    [ -x /usr/bin/docker ] && command -v dockerd >/dev/null || missing+=(docker.io)
-    command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing ${missing[*]}"
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    apt_ensure /usr/bin/docker:docker.io dockerd:docker.io /usr/sbin/debootstrap:debootstrap
 }
 
 OWN_DAEMON=""

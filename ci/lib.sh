@@ -170,3 +170,77 @@ kuberay_version() {
   log "the module proxy serves neither $KUBERAY_MODULE@$want nor the fallback '${fallback}'"
   return 1
 }
+
+# as_root COMMAND... : runs it as root (directly when we are root, else through sudo).
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# apt_ensure PATH:PACKAGE... : installs (one `apt-get update`, then one install) the Debian packages whose
+# PATH is not there yet; PATH is an absolute file or a command name looked up on PATH.
+apt_ensure() {
+  local pair path missing=()
+  for pair in "$@"; do
+    path=${pair%%:*}
+    if [[ $path == /* ]]; then [[ -e $path ]] && continue; else command -v "$path" >/dev/null && continue; fi
+    missing+=("${pair#*:}")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Background processes of a test cluster, stopped by pid (ci/e2e-cluster.sh, ci/e2e-node.sh). PROCS is
+# the folder that holds pids/ and logs/; every name started is recorded in pids/order.
+free_port() {
+  "${PYTHON:-python3}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# proc_start NAME COMMAND... : background process, pid in $PROCS/pids/NAME, output in $PROCS/logs/NAME.log
+proc_start() {
+  local name=$1; shift
+  mkdir -p "$PROCS/pids" "$PROCS/logs"
+  "$@" >"$PROCS/logs/$name.log" 2>&1 &
+  echo $! >"$PROCS/pids/$name"
+  echo "$name" >>"$PROCS/pids/order"
+}
+
+proc_alive() { [[ -f $PROCS/pids/$1 ]] && kill -0 "$(cat "$PROCS/pids/$1")" 2>/dev/null; }
+
+# proc_check NAME... : fails, showing the log's tail, when one of them has exited
+proc_check() {
+  local name
+  for name in "$@"; do
+    proc_alive "$name" || { log "$name exited; see $PROCS/logs/$name.log"; tail -20 "$PROCS/logs/$name.log" >&2; return 1; }
+  done
+}
+
+# wait_until WHAT TIMEOUT_S COMMAND... : polls the command every 0.5 s until it succeeds
+wait_until() {
+  local what=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS > deadline)); then log "timed out after $timeout s waiting for $what"; return 1; fi
+    sleep 0.5
+  done
+}
+
+# proc_stop NAME : SIGTERM, up to 10 s, then SIGKILL
+proc_stop() {
+  local name=$1 pid i
+  pid=$(cat "$PROCS/pids/$name" 2>/dev/null) || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then log "$name (pid $pid) ignored SIGTERM; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$PROCS/pids/$name"
+  if [[ -f $PROCS/pids/order ]]; then sed -i "/^$name\$/d" "$PROCS/pids/order"; fi
+}
+
+# proc_stop_all : every process started in $PROCS, in reverse order
+proc_stop_all() {
+  [[ -f $PROCS/pids/order ]] || return 0
+  local name
+  for name in $(tac "$PROCS/pids/order"); do proc_stop "$name"; done
+  rm -f "$PROCS/pids/order"
+}

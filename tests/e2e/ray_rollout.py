@@ -33,13 +33,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import yaml
+from traffic import Load
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "manymodels"
@@ -317,51 +317,9 @@ def smoke(gw: httpx.Client, version: str) -> None:
     )
 
 
-class Load:
-    """A bounded load generator: `threads` keep-alive clients on loopback, at most `max_s` seconds."""
-
-    def __init__(self, url: str, threads: int = 4, max_s: float = 120.0) -> None:
-        self.url, self.threads, self.max_s = url, threads, max_s
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.results: list[tuple[float, str, str]] = []  # (time, model, version or "ERR ...")
-        self.workers = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-
-    def _run(self, i: int) -> None:
-        deadline = time.monotonic() + self.max_s
-        bodies = [{"model": "mlp-000", "input_data": SAMPLE}, {"model": "text-sentiment", "input_data": TEXT}]
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            n = 0
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                body = bodies[(i + n) % 2]
-                n += 1
-                try:
-                    r = client.post("/predict", json=body)
-                    outcome = (
-                        r.json()["version"] if r.status_code == 200 else f"ERR {r.status_code} {r.text[:200]}"
-                    )
-                except Exception as exc:  # noqa: BLE001 -- every failure counts
-                    outcome = f"ERR {type(exc).__name__}: {exc}"
-                with self.lock:
-                    self.results.append((time.monotonic(), body["model"], outcome))
-
-    def __enter__(self) -> Load:
-        for w in self.workers:
-            w.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for w in self.workers:
-            w.join(timeout=40)
-
-    def snapshot(self) -> list[tuple[float, str, str]]:
-        with self.lock:
-            return list(self.results)
-
-
 def rollout_under_load(dash: httpx.Client, gw_url: str, config2: dict, before: set[str]) -> None:
-    with Load(gw_url) as load:
+    bodies = [{"model": "mlp-000", "input_data": SAMPLE}, {"model": "text-sentiment", "input_data": TEXT}]
+    with Load(gw_url, bodies) as load:
         time.sleep(3)  # steady state on revision 1 first
         warm = load.snapshot()
         assert warm and all(v == "1" for _, _, v in warm), Counter(v for _, _, v in warm)

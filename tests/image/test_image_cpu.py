@@ -28,14 +28,15 @@ def test_image_metadata(docker_client, cpu_image: str) -> None:
 def test_no_build_tools_and_login_shell_path(run_once, cpu_image: str) -> None:
     # KubeRay runs `/bin/bash -lc -- "ulimit -n 65536; ray start ..."`: a login shell must find the
     # venv's ray and python; the entrypoint passes such commands through. (This sandbox's runtime caps
-    # nofile below 65536, so the ulimit is tolerated here; the kubelet's runtime allows it.)
+    # nofile below 65536, so the ulimit is tolerated here; the kubelet's runtime allows it.) KubeRay's probes
+    # are `wget ... | grep success` commands.
     code, out = run_once(
         cpu_image,
         [
             "/bin/bash",
             "-lc",
             "--",
-            "(ulimit -n 65536 2>/dev/null || true); command -v ray python; id -u;"
+            "(ulimit -n 65536 2>/dev/null || true); command -v ray python; id -u; command -v wget;"
             " for t in gcc cc g++ make; do command -v $t && echo BUILD-TOOL $t; done;"
             " python -c 'import manymodels, onnxruntime; print(onnxruntime.__version__)'",
         ],
@@ -44,6 +45,8 @@ def test_no_build_tools_and_login_shell_path(run_once, cpu_image: str) -> None:
     assert "/opt/manymodels/bin/ray" in out and "/opt/manymodels/bin/python" in out, out
     assert "BUILD-TOOL" not in out, out
     assert out.splitlines()[2] == "1000", out
+    # KubeRay's liveness/readiness probes exec wget (pods stay unready and restart without it)
+    assert out.splitlines()[3].endswith("/wget"), out
     code, out = run_once(cpu_image, ["ray", "--version"])
     assert code == 0 and "2.60.0" in out, out
 

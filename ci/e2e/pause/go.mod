@@ -1,0 +1,3 @@
+module manymodels.local/e2e/pause
+
+go 1.25.0

@@ -1,0 +1,486 @@
+"""The README's user path on a real node: the chart and the image as real pods under the KubeRay operator.
+
+Needs the one-node cluster of `ci/e2e-node.sh up` (KUBECONFIG; its node.env) with the serving image, the
+operator, pause and curl images imported, and helm/kubectl on PATH. Steps (each one asserts):
+ 1. the demo catalog (ONNX models) in a folder on the node, offered as a hostPath PersistentVolume;
+ 2. `helm install` with ci/node-values.yaml and the bundled operator: the operator pod, then the head
+    and worker pods Running with the image, the RayService Ready (install-to-Ready seconds printed);
+ 3. `helm test` (its pod runs and calls the serve Service by DNS name);
+ 4. `kubectl port-forward svc/<serve service>` and every curl line of the README and of `make demo`
+    answered as they say, then an unmodified `tritonclient[http]` client (binary tensors);
+ 5. model rollout: `helm upgrade` moving `stable` 1 -> 2 under load through the serve Service:
+    0 failed requests, answers switch to version 2, same RayCluster, same pods, no restart;
+ 6. cluster change: `helm upgrade` of the worker group's resources under load: KubeRay builds a new
+    RayCluster, switches the serve Service, deletes the old one; requests and failures counted;
+ 7. one ModelServer replica process killed in the worker pod under load: failures and the time until
+    every request succeeds again;
+ 8. `helm rollback` (a cluster change back), then `helm uninstall` leaves no pod, Service or RayCluster.
+A summary with the measured figures ends the output.
+
+Usage: python tests/e2e/node_path.py --work DIR --operator-tag TAG   (ci/e2e.sh node runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from kube import (
+    FULLNAME,
+    ROOT,
+    get,
+    helm,
+    kubectl,
+    pods_of,
+    rayclusters,
+    rs_status,
+    uninstall_and_check,
+    wait_for,
+    wait_serving,
+)
+from traffic import Load, summary
+
+NS = "models"
+VALUES = ROOT / "ci" / "node-values.yaml"
+STORAGE_CLASS = "manymodels-e2e-local"
+TEXT = "I love this product, it works great"
+SAMPLE = [0.25] * 64
+BODIES = [{"model": "mlp-000", "input_data": SAMPLE}, {"model": "text-sentiment", "input_data": TEXT}]
+FIGURES: dict[str, str] = {}
+# run inside the worker container (no procps there): the ModelServer replicas' pids; with "kill", SIGKILL
+# the first one and print it
+REPLICAS = """
+import os, signal, sys
+pids = []
+for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+    except OSError:
+        continue
+    if cmd.startswith("ray::ServeReplica:manymodels:ModelServer"):
+        pids.append(pid)
+if sys.argv[1:] == ["kill"]:
+    os.kill(pids[0], signal.SIGKILL)
+    pids = pids[:1]
+print(" ".join(map(str, pids)))
+"""
+
+
+def say(msg: str) -> None:
+    print(f"node-e2e: {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ catalog
+def make_catalog(work: Path) -> Path:
+    from manymodels.demo.catalog import build_demo_catalog
+
+    root = work / "models"
+    names = build_demo_catalog(root, n_mlp=8, with_torch=False)  # the CPU image has no torch
+    for path in [root, *root.rglob("*")]:  # the pods run as uid 1000: world-readable
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    say(f"catalog: {len(names)} models in {root}")
+    return root
+
+
+def create_volume(root: Path) -> None:
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": "manymodels-e2e-catalog"},
+        "spec": {
+            "storageClassName": STORAGE_CLASS,
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany", "ReadOnlyMany", "ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": str(root), "type": "Directory"},
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(pv))
+
+
+# ------------------------------------------------------------------------------------------ cluster state
+def pod_state(cluster: str) -> dict[str, tuple[str, int]]:
+    """{pod name: (uid, restarts)} of one RayCluster's pods."""
+    return {
+        p["metadata"]["name"]: (
+            p["metadata"]["uid"],
+            sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses") or []),
+        )
+        for p in pods_of(NS, cluster)
+    }
+
+
+def running_pods(cluster: str, image: str) -> list[dict]:
+    pods = pods_of(NS, cluster)
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]  # head + one worker
+    for p in pods:
+        assert p["status"].get("phase") == "Running", (p["metadata"]["name"], p["status"].get("phase"))
+        ready = {c["name"]: c["ready"] for c in p["status"].get("containerStatuses") or []}
+        assert ready and all(ready.values()), (p["metadata"]["name"], ready)
+        images = {c["image"] for c in p["spec"]["containers"]}
+        assert image in images, images
+    return pods
+
+
+def worker_pod(cluster: str) -> str:
+    (name,) = [
+        p["metadata"]["name"]
+        for p in pods_of(NS, cluster)
+        if p["metadata"]["labels"].get("ray.io/node-type") == "worker"
+    ]
+    return name
+
+
+def serve_url() -> str:
+    svc = get("service", NS, f"{FULLNAME}-serve-svc")
+    return f"http://{svc['spec']['clusterIP']}:8000"
+
+
+def diagnostics() -> None:
+    """What a failed run needs to be understood: pods, events, the operator's and Ray's last lines."""
+    for args in (
+        ("get", "pods", "-A", "-o", "wide"),
+        ("get", "rayservice,raycluster", "-n", NS, "-o", "wide"),
+        ("get", "events", "-A", "--sort-by", ".lastTimestamp"),
+    ):
+        print(kubectl(*args, check=False)[-6000:], flush=True)
+    print(
+        kubectl(
+            "logs",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/component=kuberay-operator",
+            "--tail",
+            "40",
+            check=False,
+        ),
+        flush=True,
+    )
+    print(
+        kubectl(
+            "logs",
+            "-n",
+            NS,
+            "-l",
+            "ray.io/node-type",
+            "--tail",
+            "40",
+            "--prefix",
+            "--all-containers",
+            check=False,
+        ),
+        flush=True,
+    )
+
+
+# ------------------------------------------------------------------------------------------ steps
+def install(operator_tag: str, image: str) -> str:
+    t0 = time.monotonic()
+    helm(
+        "install",
+        "mm",
+        str(ROOT),
+        "-n",
+        NS,
+        "--create-namespace",
+        "-f",
+        str(VALUES),
+        "--set",
+        f"kuberay-operator.image.tag={operator_tag}",
+    )
+    say("helm install done; waiting for the operator, the pods and the RayService")
+
+    def operator_ready():
+        deps = get("deployments", NS, selector="app.kubernetes.io/component=kuberay-operator")["items"]
+        assert deps and deps[0]["status"].get("availableReplicas") == 1, "operator not Available"
+        return True
+
+    wait_for("the KubeRay operator Deployment Available", operator_ready, timeout=180)
+    t_op = time.monotonic() - t0
+
+    def ready():
+        active, pending, conds = rs_status(NS)
+        assert active and conds.get("Ready") == "True", (active, pending, conds)
+        return active
+
+    cluster = wait_for("the RayService Ready", ready, timeout=600, interval=2)
+    t_rs = time.monotonic() - t0
+    # KubeRay calls the service Ready once the head serves; the worker's probe (its Serve proxy health)
+    # passes when the worker's Gateway and replicas are up
+    pods = wait_for("pods Ready", lambda: running_pods(cluster, image), timeout=300, interval=2)
+    took = time.monotonic() - t0
+    FIGURES["install-to-Ready"] = (
+        f"{took:.1f} s (operator Available at {t_op:.1f} s, RayService Ready at {t_rs:.1f} s, all pods Ready "
+        f"at {took:.1f} s)"
+    )
+    say(
+        f"RayService Ready {t_rs:.1f} s and all pods Ready {took:.1f} s after helm install (operator "
+        f"Available at {t_op:.1f} s); "
+        f"RayCluster {cluster}: {', '.join(p['metadata']['name'] for p in pods)} Running with {image}"
+    )
+    return cluster
+
+
+def helm_test() -> None:
+    # no --logs: the chart's hook-delete-policy removes the test pod once it succeeded (so that it is
+    # not left behind), and helm then cannot fetch its logs; its exit status is the result
+    t = time.monotonic()
+    out = helm("test", "mm", "-n", NS, "--timeout", "300s")
+    phase = re.search(r"Phase:\s+(\w+)", out)
+    assert phase and phase.group(1) == "Succeeded", out
+    say(f"helm test passed in {time.monotonic() - t:.1f} s (its pod called the serve Service by DNS name: "
+        "/v2/health/ready and one /predict)")
+
+
+class PortForward:
+    """`kubectl port-forward svc/<serve service> PORT:8000`, the README's way in."""
+
+    def __init__(self) -> None:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.proc = subprocess.Popen(
+            ["kubectl", "port-forward", "-n", NS, f"svc/{FULLNAME}-serve-svc", f"{self.port}:8000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        assert "Forwarding from" in line, f"kubectl port-forward said: {line}"
+
+    def __enter__(self) -> PortForward:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def curl_lines() -> list[str]:
+    """Every curl line of the README's bash blocks and of `make demo`'s printout that calls the server."""
+    from manymodels.demo.__main__ import curl_lines as demo_lines
+
+    readme = ROOT.joinpath("README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    lines = [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip().startswith("curl ")]
+    lines += [
+        ln.strip() for ln in demo_lines("127.0.0.1:8000").splitlines() if ln.strip().startswith("curl ")
+    ]
+    assert len(lines) >= 10, lines
+    return lines
+
+
+def check_curl(line: str, port: int) -> str:
+    cmd = line.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace(
+        "curl -s", "curl -sS --fail-with-body", 1
+    )
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip(), (
+        f"{cmd}\n-> rc {p.returncode}: {p.stdout[:500]} {p.stderr[:500]}"
+    )
+    out = p.stdout.strip()
+    if "/metrics" not in cmd:
+        body = json.loads(out)
+        assert "error" not in body, (cmd, body)
+        if '"input_data": "I love this product' in cmd:  # the README shows this answer
+            assert body["model"] == "text-sentiment" and body["outputs"][0]["label"] == "positive", body
+        if '"version": "canary"' in cmd:
+            assert body["version"] == "2", body
+    else:
+        assert "manymodels_cache_" in out, out[:300]
+    return out
+
+
+def readme_path(port: int) -> None:
+    lines = curl_lines()
+    for line in lines:
+        check_curl(line, port)
+    say(f"port-forward 127.0.0.1:{port}: all {len(lines)} curl lines of the README and `make demo` answered")
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_model_metadata("mlp-000")
+    assert meta["inputs"][0]["name"] == "input", meta
+    x = httpclient.InferInput("input", [2, 64], "FP32")
+    x.set_data_from_numpy(np.full((2, 64), 0.25, dtype=np.float32), binary_data=True)
+    res = client.infer("mlp-000", [x], outputs=[httpclient.InferRequestedOutput("logits", binary_data=True)])
+    logits = res.as_numpy("logits")
+    assert logits is not None and logits.shape == (2, 10), logits
+    client.close()
+    say("tritonclient[http] (unmodified, binary tensors): ready, metadata and infer on mlp-000 OK")
+
+
+def count(load: Load, t_from: float, t_to: float | None = None) -> tuple[int, dict, list[str]]:
+    results = [r for r in load.snapshot() if r[0] >= t_from and (t_to is None or r[0] <= t_to)]
+    counts, failures = summary(results)
+    return len(results), counts, failures
+
+
+def rollout(cluster: str) -> None:
+    before = pod_state(cluster)
+    uid = next(c for c in rayclusters(NS) if c["metadata"]["name"] == cluster)["metadata"]["uid"]
+    with Load(serve_url(), BODIES, threads=4, max_s=300) as load:
+        time.sleep(3)
+        _, warm, _ = count(load, 0)
+        assert set(warm) == {"1"}, warm
+        t = time.monotonic()
+        helm(
+            "upgrade",
+            "mm",
+            str(ROOT),
+            "-n",
+            NS,
+            "--reuse-values",
+            "--set-string",
+            "modelServer.userConfig.models.text-sentiment.aliases.stable=2",
+            "--set-string",
+            "modelServer.userConfig.models.mlp-000.aliases.stable=2",
+        )
+
+        def switched():
+            now = time.monotonic()
+            recent = [v for ts, _, v in load.snapshot() if ts > max(t, now - 2)]
+            return now - t > 2 and len(recent) >= 20 and all(v == "2" for v in recent)
+
+        wait_for("every answer from version 2", switched, timeout=180, interval=0.5)
+        took = time.monotonic() - t
+        time.sleep(1)
+    n, counts, failures = count(load, 0)
+    after = pod_state(cluster)
+    clusters = [(c["metadata"]["name"], c["metadata"]["uid"]) for c in rayclusters(NS)]
+    FIGURES["model rollout"] = (
+        f"{n} requests, {len(failures)} failed, version 2 everywhere {took:.1f} s after helm upgrade"
+    )
+    say(
+        f"model rollout under load: {n} requests {counts}; "
+        f"every answer from version 2 {took:.1f} s after helm upgrade"
+    )
+    assert not failures, f"{len(failures)} failed requests, e.g. {failures[:5]}"
+    assert clusters == [(cluster, uid)], f"RayCluster changed: {cluster}/{uid} -> {clusters}"
+    assert after == before, f"pods changed or restarted: {before} -> {after}"
+    say(f"0 failed; same RayCluster {cluster} (uid {uid[:8]}), same pods, no restart")
+
+
+def switch_cluster(what: str, old: str, upgrade: list[str], image: str) -> str:
+    """A helm command that changes the RayCluster spec, under load: KubeRay's new cluster takes over."""
+    with Load(serve_url(), BODIES, threads=4, max_s=900) as load:
+        time.sleep(3)
+        t = time.monotonic()
+        helm(*upgrade)
+
+        def new_active():
+            active, pending, conds = rs_status(NS)
+            assert active and active != old and not pending, (active, pending)
+            return active
+
+        new = wait_for(f"{what}: a new RayCluster serving", new_active, timeout=900, interval=2)
+        t_switch = time.monotonic() - t
+        wait_serving(NS, new, f"{what}: serve and head Services on {new}", timeout=120)
+        wait_for(
+            f"{what}: old RayCluster {old} deleted",
+            lambda: old not in {c["metadata"]["name"] for c in rayclusters(NS)},
+            timeout=180,
+            interval=2,
+        )
+        t_gone = time.monotonic() - t
+        time.sleep(3)
+    running_pods(new, image)
+    n, counts, failures = count(load, t)
+    kinds = sorted({re.sub(r"\d+", "N", f)[:120] for f in failures})
+    FIGURES[what] = (
+        f"{n} requests, {len(failures)} failed; new cluster serving {t_switch:.0f} s after helm, "
+        f"old one deleted at {t_gone:.0f} s" + (f"; failures: {kinds}" if failures else "")
+    )
+    say(
+        f"{what} under load: {old} -> {new}, serving {t_switch:.0f} s after helm, old cluster deleted at "
+        f"{t_gone:.0f} s; {n} requests {counts}" + (f"; failure kinds: {kinds}" if failures else "")
+    )
+    return new
+
+
+def kill_replica(cluster: str) -> None:
+    worker = worker_pod(cluster)
+    with Load(serve_url(), BODIES, threads=4, max_s=300) as load:
+        time.sleep(3)
+        t = time.monotonic()
+        exec_ = ("exec", "-n", NS, worker, "-c", "ray-worker", "--", "python3", "-c", REPLICAS)
+        before = kubectl(*exec_).split()
+        killed = kubectl(*exec_, "kill").strip()
+        say(f"killed ModelServer replica process {killed} (of {before}) in {worker} under load")
+        time.sleep(30)  # Serve notices, starts a new replica, the Gateway re-routes
+        after = kubectl(*exec_).split()
+    assert len(after) == len(before) and killed not in after, f"replicas before {before}, after {after}"
+    n, counts, failures = count(load, t)
+    fails = [ts for ts, _, v in load.snapshot() if ts >= t and v.startswith("ERR")]
+    recovered = (max(fails) - t) if fails else 0.0
+    FIGURES["replica kill"] = (
+        f"{n} requests in 30 s, {len(failures)} failed; all succeed again {recovered:.1f} s after the kill"
+    )
+    say(
+        f"replica kill: {n} requests {counts}; last failure {recovered:.1f} s after the kill; Serve replaced "
+        f"the replica (processes {before} -> {after})"
+    )
+    end = max(ts for ts, _, _ in load.snapshot())
+    late = [v for ts, _, v in load.snapshot() if ts > end - 5]
+    assert late and not any(v.startswith("ERR") for v in late), f"not recovered after 25 s: {late[-5:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True, type=Path, help="a folder on the node for the catalog")
+    parser.add_argument("--operator-tag", required=True)
+    args = parser.parse_args(argv)
+    values = yaml.safe_load(VALUES.read_text())
+    chart = yaml.safe_load((ROOT / "Chart.yaml").read_text())
+    image = f"{values['image']['repository']}:{chart['appVersion']}-cpu"
+    t0 = time.monotonic()
+    try:
+        create_volume(make_catalog(args.work))
+        cluster = install(args.operator_tag, image)
+        helm_test()
+        with PortForward() as pf:
+            readme_path(pf.port)
+        rollout(cluster)
+        cluster = switch_cluster(
+            "cluster change",
+            cluster,
+            [
+                "upgrade",
+                "mm",
+                str(ROOT),
+                "-n",
+                NS,
+                "--reuse-values",
+                "--set",
+                "workerGroups.cpu.resources.requests.memory=1600Mi",
+            ],
+            image,
+        )
+        kill_replica(cluster)
+        switch_cluster("rollback", cluster, ["rollback", "mm", "-n", NS, "--wait"], image)
+        say(uninstall_and_check(NS, keep_pvc=False))
+        kubectl("delete", "pv", "manymodels-e2e-catalog")
+    except BaseException:
+        diagnostics()
+        raise
+    say(f"passed in {time.monotonic() - t0:.0f} s. Figures from this run:")
+    for k, v in FIGURES.items():
+        print(f"  {k}: {v}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
