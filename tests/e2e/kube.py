@@ -39,7 +39,8 @@ def helm(*args: str) -> str:
     return run("helm", *args)
 
 
-def wait_for(what: str, check, timeout: float = 90, interval: float = 1.0):
+def wait_for(what: str, check, timeout: float = 90, interval: float = 1.0, errors=(AssertionError,)):
+    """Polls `check` until it returns something truthy; `errors` raised meanwhile count as "not yet"."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -47,10 +48,10 @@ def wait_for(what: str, check, timeout: float = 90, interval: float = 1.0):
             result = check()
             if result:
                 return result
-        except AssertionError as exc:
+        except errors as exc:
             last = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
 
 
 def computed_values(release: str, ns: str) -> dict:

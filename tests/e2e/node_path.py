@@ -51,6 +51,7 @@ from traffic import Load, summary
 NS = "models"
 VALUES = ROOT / "ci" / "node-values.yaml"
 STORAGE_CLASS = "manymodels-e2e-local"
+UPGRADE = ("upgrade", "mm", str(ROOT), "-n", NS, "--reuse-values")
 TEXT = "I love this product, it works great"
 SAMPLE = [0.25] * 64
 BODIES = [{"model": "mlp-000", "input_data": SAMPLE}, {"model": "text-sentiment", "input_data": TEXT}]
@@ -152,34 +153,9 @@ def diagnostics() -> None:
         ("get", "events", "-A", "--sort-by", ".lastTimestamp"),
     ):
         print(kubectl(*args, check=False)[-6000:], flush=True)
-    print(
-        kubectl(
-            "logs",
-            "-n",
-            NS,
-            "-l",
-            "app.kubernetes.io/component=kuberay-operator",
-            "--tail",
-            "40",
-            check=False,
-        ),
-        flush=True,
-    )
-    print(
-        kubectl(
-            "logs",
-            "-n",
-            NS,
-            "-l",
-            "ray.io/node-type",
-            "--tail",
-            "40",
-            "--prefix",
-            "--all-containers",
-            check=False,
-        ),
-        flush=True,
-    )
+    for selector in ("app.kubernetes.io/component=kuberay-operator", "ray.io/node-type"):
+        logs = ("logs", "-n", NS, "-l", selector, "--tail", "40", "--prefix", "--all-containers")
+        print(kubectl(*logs, check=False), flush=True)
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -237,8 +213,10 @@ def helm_test() -> None:
     out = helm("test", "mm", "-n", NS, "--timeout", "300s")
     phase = re.search(r"Phase:\s+(\w+)", out)
     assert phase and phase.group(1) == "Succeeded", out
-    say(f"helm test passed in {time.monotonic() - t:.1f} s (its pod called the serve Service by DNS name: "
-        "/v2/health/ready and one /predict)")
+    say(
+        f"helm test passed in {time.monotonic() - t:.1f} s (its pod called the serve Service by DNS name: "
+        "/v2/health/ready and one /predict)"
+    )
 
 
 class PortForward:
@@ -337,12 +315,7 @@ def rollout(cluster: str) -> None:
         assert set(warm) == {"1"}, warm
         t = time.monotonic()
         helm(
-            "upgrade",
-            "mm",
-            str(ROOT),
-            "-n",
-            NS,
-            "--reuse-values",
+            *UPGRADE,
             "--set-string",
             "modelServer.userConfig.models.text-sentiment.aliases.stable=2",
             "--set-string",
@@ -456,16 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster = switch_cluster(
             "cluster change",
             cluster,
-            [
-                "upgrade",
-                "mm",
-                str(ROOT),
-                "-n",
-                NS,
-                "--reuse-values",
-                "--set",
-                "workerGroups.cpu.resources.requests.memory=1600Mi",
-            ],
+            [*UPGRADE, "--set", "workerGroups.cpu.resources.requests.memory=1600Mi"],
             image,
         )
         kill_replica(cluster)

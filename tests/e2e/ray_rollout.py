@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import kube
 import yaml
 from traffic import Load
 
@@ -252,17 +253,7 @@ class RayHead:
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last!r})")
+    return kube.wait_for(what, check, timeout, interval, errors=(httpx.HTTPError, KeyError, ValueError))
 
 
 def app_status(dash: httpx.Client) -> dict:
