@@ -31,8 +31,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-log "cold run in $base (fresh clone of $(git -C "$ROOT" rev-parse --short HEAD), empty caches)"
 git clone --quiet --no-hardlinks "$ROOT" "$base/work/main"
+# the commit under test is the clone's (HEAD here may move while the run takes its time)
+commit=$(git -C "$base/work/main" rev-parse --short HEAD)
+log "cold run in $base (fresh clone of $commit, empty caches)"
 if [[ -d $ROOT/../shared ]]; then
   cp -r "$ROOT/../shared" "$base/work/shared"
   chmod -R a-w "$base/work/shared"   # CI lays shared/ without write bits
@@ -61,7 +63,7 @@ total=$((SECONDS - start))
 
 mmss() { printf '%d:%02d' $(($1 / 60)) $(($1 % 60)); }
 echo
-echo "test-cold: $(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB; commit $(git -C "$ROOT" rev-parse --short HEAD)"
+echo "test-cold: $(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}') GiB; commit $commit"
 echo
 echo "| stage | wall time | result |"
 echo "|---|---:|---|"
