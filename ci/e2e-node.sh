@@ -235,6 +235,7 @@ node_ready() {
 }
 
 up() {
+  if [[ $(id -u) -ne 0 ]]; then log "needs root (kubelet, containerd, iptables): run as root"; return 1; fi
   if pgrep -x kubelet >/dev/null; then log "a kubelet is already running on this machine: refusing to start a second node"; return 1; fi
   ensure_packages
   # leftovers of an earlier run that was killed before its teardown
