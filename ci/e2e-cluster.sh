@@ -127,7 +127,7 @@ operator() {
     -metrics-addr "127.0.0.1:$(free_port)" -health-probe-bind-address "127.0.0.1:$(free_port)" \
     -log-stdout-encoder console
   sleep 2
-  proc_alive ray-operator || { log "ray-operator exited"; tail -20 "$DIR/logs/ray-operator.log" >&2; return 1; }
+  proc_check ray-operator
   log "KubeRay operator ${MANYMODELS_KUBERAY_VERSION:-?} running (pid $(cat "$DIR/pids/ray-operator"))"
 }
 

@@ -4,7 +4,7 @@
 # kubelet, kube-proxy (iptables mode) and CoreDNS as cluster DNS. Pods really run. Every process is
 # started in the background and stopped by pid; the host is restored on the way down.
 #
-#   ci/e2e-node.sh up DIR              start it all; DIR/kubeconfig, DIR/node.env (NODE_IP, ...)
+#   ci/e2e-node.sh up DIR              start it all; DIR/kubeconfig
 #   ci/e2e-node.sh load DIR IMAGE...   `docker save IMAGE | ctr import` into the node's containerd
 #                                      (DOCKER_HOST from ci/image-env.sh); nothing is ever pulled
 #   ci/e2e-node.sh down DIR            stop everything, restore the host, then verify that it is as found
@@ -250,12 +250,6 @@ up() {
   E2E_NODE_IP=$NODE_IP "$ROOT/ci/e2e-cluster.sh" up "$DIR"
   local kc=$DIR/kubeconfig
   write_configs
-  cat >"$DIR/node.env" <<EOF
-NODE_IP=$NODE_IP
-NODE_NAME=$NODE_NAME
-CONTAINERD_SOCK=$DIR/node/containerd/containerd.sock
-POD_CIDR=$POD_CIDR
-EOF
 
   proc_start containerd containerd --config "$DIR/node/containerd/config.toml" --log-level warn
   wait_until "containerd" 30 ctr -a "$DIR/node/containerd/containerd.sock" version

@@ -1,6 +1,6 @@
 """The README's user path on a real node: the chart and the image as real pods under the KubeRay operator.
 
-Needs the one-node cluster of `ci/e2e-node.sh up` (KUBECONFIG; its node.env) with the serving image, the
+Needs the one-node cluster of `ci/e2e-node.sh up` (KUBECONFIG) with the serving image, the
 operator, pause and curl images imported, and helm/kubectl on PATH. Steps (each one asserts):
  1. the demo catalog (ONNX models) in a folder on the node, offered as a hostPath PersistentVolume;
  2. `helm install` with ci/node-values.yaml and the bundled operator: the operator pod, then the head
