@@ -1,8 +1,9 @@
 """``python -m manymodels serve --config FILE``: run a Serve config on this machine until stopped.
 
 The container image's standalone entrypoint and ``make demo`` both end up here; on Kubernetes,
-KubeRay submits the same config to the cluster instead. Each command runs under
-``manymodels.supervisor``, so any stop signal ends it in one orderly step.
+KubeRay submits the same config to the cluster instead. ``serve`` and ``demo`` run under
+``manymodels.supervisor``, so any stop signal ends them in one orderly step; ``publish`` and
+``alias`` (``manymodels.cli_publish``) are short commands that run directly, without Ray.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from manymodels import cli_publish
 from manymodels.config import load_serve_config
 from manymodels.supervisor import orphaned, run_supervised, supervisor_pid
 
@@ -63,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run a Serve config (the chart's serveConfigV2 format)")
     serve.add_argument("--config", required=True, help="Serve config YAML (${VAR:-default} expanded)")
     sub.add_parser("demo", help="build the demo catalog and serve it (make demo)")
+    cli_publish.add_commands(sub)
     args, rest = parser.parse_known_args(argv)
+    if args.command in cli_publish.COMMANDS:
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return cli_publish.run(args)
     if supervisor_pid() is None:
         return run_supervised("manymodels", sys.argv[1:] if argv is None else argv)
     if args.command == "demo":

@@ -1,7 +1,8 @@
 """Tensors in and out: JSON nested lists and Open Inference Protocol v2 tensors <-> numpy.
 
-Every check that protects a model from bad input lives here (dtype, rank, fixed dimensions, batch size,
-NaN/inf), so ``/predict`` and ``/v2/.../infer`` refuse the same things with the same messages.
+Decoding converts and refuses what cannot be converted (ragged lists, wrong datatype, byte counts
+that do not fit the shape); whether the result fits the model is checked once, for every path, by
+``manymodels.tensors.check_inputs``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ OIP_TO_NUMPY = {
     "BYTES": "bytes",
 }
 NUMPY_TO_OIP = {v: k for k, v in OIP_TO_NUMPY.items()}
+BINARY_HEADER = "inference-header-content-length"
 # A declared shape larger than this is refused before any allocation (2**31 elements).
 MAX_ELEMENTS = 2**31
 
@@ -43,30 +45,6 @@ def oip_datatype(array: np.ndarray) -> str:
         return NUMPY_TO_OIP[array.dtype.name]
     except KeyError:
         raise InvalidRequest(f"unsupported output dtype {array.dtype.name}") from None
-
-
-def check_tensor(
-    array: np.ndarray, spec: TensorSpec, *, allow_nonfinite: bool, max_batch: int
-) -> np.ndarray:
-    """Validate one input against its manifest spec; returns it (possibly cast to the spec's dtype)."""
-    if array.ndim != len(spec.shape):
-        raise InvalidRequest(
-            f"input '{spec.name}': expected {len(spec.shape)} dimensions {spec.shape}, "
-            f"got shape {list(array.shape)}"
-        )
-    for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
-        if want >= 0 and got != want:
-            raise InvalidRequest(
-                f"input '{spec.name}': dimension {axis} must be {want}, got {got} "
-                f"(expected shape {spec.shape}, got {list(array.shape)})"
-            )
-    if array.ndim and spec.shape[0] < 0 and array.shape[0] > max_batch:
-        raise InvalidRequest(f"input '{spec.name}': batch of {array.shape[0]} exceeds {max_batch}")
-    if array.size == 0:
-        raise InvalidRequest(f"input '{spec.name}' is empty")
-    if array.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(array).all():
-        raise InvalidRequest(f"input '{spec.name}' contains NaN or infinity")
-    return array
 
 
 def _to_array(value: Any, spec: TensorSpec) -> np.ndarray:
@@ -95,9 +73,7 @@ def _to_array(value: Any, spec: TensorSpec) -> np.ndarray:
     return array.astype(target, copy=False)
 
 
-def decode_input_data(
-    input_data: Any, specs: list[TensorSpec], *, allow_nonfinite: bool, max_batch: int
-) -> tuple[dict[str, np.ndarray], bool]:
+def decode_input_data(input_data: Any, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], bool]:
     """``/predict``'s ``input_data`` -> model inputs.
 
     Accepts a nested list for a one-input model, or ``{input name: nested list}``. A single sample
@@ -123,9 +99,7 @@ def decode_input_data(
         array = _to_array(values[spec.name], spec)
         if spec.shape and spec.shape[0] < 0 and array.ndim == len(spec.shape) - 1:
             array, single = array[np.newaxis, ...], True
-        inputs[spec.name] = check_tensor(
-            array, spec, allow_nonfinite=allow_nonfinite, max_batch=max_batch
-        )
+        inputs[spec.name] = array
     return inputs, single
 
 
@@ -133,15 +107,57 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], unbatch: bool) -> dict[str
     return {name: (value[0] if unbatch else value).tolist() for name, value in outputs.items()}
 
 
+def split_binary(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """An OIP body -> (JSON part, binary tensor data), per ``Inference-Header-Content-Length``."""
+    if header_length is None:
+        return raw, b""
+    if not header_length.isdigit() or int(header_length) > len(raw):
+        raise InvalidRequest(f"bad {BINARY_HEADER}: {header_length!r}")
+    return raw[: int(header_length)], raw[int(header_length) :]
+
+
+def decode_oip_inputs(
+    body: Mapping[str, Any], binary: bytes, specs: list[TensorSpec]
+) -> dict[str, np.ndarray]:
+    """An OIP request's ``inputs`` (each JSON ``data`` or a slice of ``binary``) -> arrays by name."""
+    by_name = {s.name: s for s in specs}
+    tensors = body.get("inputs")
+    if not isinstance(tensors, list) or not tensors:
+        raise InvalidRequest("'inputs' must be a non-empty list")
+    inputs, offset = {}, 0
+    for tensor in tensors:
+        if (
+            not isinstance(tensor, dict)
+            or not isinstance(tensor.get("name"), str)
+            or tensor["name"] not in by_name
+        ):
+            shown = tensor.get("name") if isinstance(tensor, dict) else tensor
+            raise InvalidRequest(f"unknown input {shown!r}; expected {sorted(by_name)}")
+        size = parameters(tensor).get("binary_data_size")
+        payload = None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidRequest(f"input '{tensor['name']}': bad binary_data_size {size!r}")
+            payload, offset = binary[offset : offset + size], offset + size
+        inputs[tensor["name"]] = decode_oip_tensor(tensor, by_name[tensor["name"]], payload)
+    missing = set(by_name) - set(inputs)
+    if missing:
+        raise InvalidRequest(f"missing input(s) {sorted(missing)}")
+    return inputs
+
+
+def parameters(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An OIP object's ``parameters`` (absent = empty)."""
+    found = entry.get("parameters") or {}
+    if not isinstance(found, dict):
+        raise InvalidRequest("'parameters' must be a JSON object")
+    return found
+
+
 def decode_oip_tensor(
-    tensor: Mapping[str, Any],
-    spec: TensorSpec,
-    binary: bytes | None,
-    *,
-    allow_nonfinite: bool,
-    max_batch: int,
+    tensor: Mapping[str, Any], spec: TensorSpec, binary: bytes | None
 ) -> np.ndarray:
-    """One OIP request input (JSON ``data`` or a binary-extension payload) -> validated array."""
+    """One OIP request input (JSON ``data`` or a binary-extension payload) -> array."""
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise InvalidRequest(
@@ -175,7 +191,7 @@ def decode_oip_tensor(
                 f"input '{spec.name}': {flat.size} values do not fit shape {shape}"
             )
         array = flat.reshape(shape)
-    return check_tensor(array, spec, allow_nonfinite=allow_nonfinite, max_batch=max_batch)
+    return array
 
 
 def encode_oip_output(name: str, value: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes]:

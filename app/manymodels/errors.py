@@ -2,9 +2,11 @@
 
 
 class ManyModelsError(Exception):
-    """Base class; ``status`` is the HTTP status the ingress answers with."""
+    """Base class; ``status`` is the HTTP status the ingress answers with, ``retry_after`` (seconds)
+    its ``Retry-After`` header when the failure is temporary."""
 
     status = 500
+    retry_after: int | None = None
 
 
 class InvalidRequest(ManyModelsError):
@@ -37,6 +39,29 @@ class ArtifactIntegrityError(ManyModelsError):
 
 class ModelLoadError(ManyModelsError):
     """A runtime failed to load an artifact that passed verification."""
+
+    status = 500
+
+
+class InferenceError(ManyModelsError):
+    """A loaded model failed while running on inputs that passed every check: a server-side fault
+    (a broken graph, a wrong output count), named with the model and version."""
+
+    status = 500
+
+
+class OutOfMemory(ManyModelsError):
+    """The model ran out of (GPU or host) memory on this request; retrying shortly may succeed."""
+
+    status = 503
+    retry_after = 1
+
+
+class ConfigurationError(ManyModelsError, ValueError):
+    """The serve config names something that cannot work (e.g. a processor that does not import).
+
+    Raised when the config is applied, so the mistake is reported at deploy time and the old config
+    keeps serving; a ValueError too, so config loaders report it like any other invalid value."""
 
     status = 500
 

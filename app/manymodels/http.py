@@ -17,9 +17,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from manymodels.codec import NUMPY_TO_OIP, decode_oip_tensor, encode_oip_output
-from manymodels.dataplane import DataPlane
+from manymodels.codec import (
+    BINARY_HEADER,
+    NUMPY_TO_OIP,
+    decode_input_data,
+    decode_oip_inputs,
+    encode_oip_output,
+    encode_outputs,
+    parameters,
+    split_binary,
+)
+from manymodels.dataplane import DataPlane, ServedModel
 from manymodels.errors import (
+    InferenceError,
     InvalidName,
     InvalidRequest,
     ManyModelsError,
@@ -31,15 +41,24 @@ from manymodels.store import validate_name
 log = logging.getLogger("manymodels.http")
 
 JSON = "application/json"
-BINARY_HEADER = "inference-header-content-length"
 
 
 def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON)
 
 
-def error_response(status: int, message: str) -> Response:
-    return json_response({"error": message}, status)
+def error_reply(exc: BaseException, where: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The one place an exception becomes a status, a JSON body and headers (``Retry-After``)."""
+    if not isinstance(exc, ManyModelsError):  # never take the server down
+        log.error("unhandled error on %s", where, exc_info=exc)
+        return 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}), []
+    headers = [] if exc.retry_after is None else [(b"retry-after", str(exc.retry_after).encode())]
+    return exc.status, orjson.dumps({"error": str(exc)}), headers
+
+
+def error_response(exc: BaseException, where: str) -> Response:
+    status, body, headers = error_reply(exc, where)
+    return Response(body, status, {k.decode(): v.decode() for k, v in headers}, media_type=JSON)
 
 
 async def receive_body(headers: list[tuple[bytes, bytes]], receive: Any, limit: int) -> bytes | None:
@@ -87,6 +106,7 @@ def _optional_name(kind: str, value: Any) -> str | None:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Headers = list[tuple[bytes, bytes]]
 
 
 def build_http_app(plane: DataPlane) -> Starlette:
@@ -97,11 +117,8 @@ def build_http_app(plane: DataPlane) -> Starlette:
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ManyModelsError as exc:
-                return error_response(exc.status, str(exc))
-            except Exception as exc:  # never take the server down
-                log.exception("unhandled error on %s", request.url.path)
-                return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                return error_response(exc, request.url.path)
 
         return endpoint
 
@@ -111,13 +128,6 @@ def build_http_app(plane: DataPlane) -> Starlette:
             validate_name("model", params["name"]),
             _optional_name("version", params.get("version")),
         )
-
-    # ---- /predict --------------------------------------------------------------------------
-
-    async def predict(request: Request) -> Response:
-        raw = await read_body(request, limit())
-        status, body = await predict_bytes(plane, raw, request.headers.get("x-model"))
-        return Response(body, status, media_type=JSON)
 
     # ---- OIP v2 ----------------------------------------------------------------------------
 
@@ -153,55 +163,21 @@ def build_http_app(plane: DataPlane) -> Starlette:
         model, ref = path_model(request)
         try:
             response = await _infer(request, model, ref)
-        except ManyModelsError as exc:
-            response = error_response(exc.status, str(exc))
+        except Exception as exc:
+            response = error_response(exc, request.url.path)
             model = _label(model, exc)
         plane.metrics.observe(model, response.status_code, time.perf_counter() - started)
         return response
 
     async def _infer(request: Request, model: str, ref: str | None) -> Response:
-        raw = await read_body(request, limit())
-        header_length = request.headers.get(BINARY_HEADER)
-        binary = b""
-        if header_length is not None:
-            if not header_length.isdigit() or int(header_length) > len(raw):
-                raise InvalidRequest(f"bad {BINARY_HEADER}: {header_length!r}")
-            raw, binary = raw[: int(header_length)], raw[int(header_length) :]
+        raw, binary = split_binary(await read_body(request, limit()), request.headers.get(BINARY_HEADER))
         body = parse_json(raw)
-        served = await plane.resolve_and_get(model, ref)
-        specs = {s.name: s for s in served.manifest.inputs}
-        tensors = body.get("inputs")
-        if not isinstance(tensors, list) or not tensors:
-            raise InvalidRequest("'inputs' must be a non-empty list")
-        inputs, offset = {}, 0
-        for tensor in tensors:
-            if (
-                not isinstance(tensor, dict)
-                or not isinstance(tensor.get("name"), str)
-                or tensor["name"] not in specs
-            ):
-                raise InvalidRequest(
-                    f"unknown input {tensor.get('name') if isinstance(tensor, dict) else tensor!r}; "
-                    f"expected {sorted(specs)}"
-                )
-            size = _parameters(tensor).get("binary_data_size")
-            payload = None
-            if size is not None:
-                if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                    raise InvalidRequest(f"input '{tensor['name']}': bad binary_data_size {size!r}")
-                payload, offset = binary[offset : offset + size], offset + size
-            limits = plane.config.limits
-            inputs[tensor["name"]] = decode_oip_tensor(
-                tensor,
-                specs[tensor["name"]],
-                payload,
-                allow_nonfinite=served.options.allow_nonfinite,
-                max_batch=limits.max_batch,
-            )
-        missing = set(specs) - set(inputs)
-        if missing:
-            raise InvalidRequest(f"missing input(s) {sorted(missing)}")
-        outputs = await plane.run(served, inputs)
+        served = await plane.acquire(model, ref)
+        try:
+            inputs = decode_oip_inputs(body, binary, served.manifest.inputs)
+            outputs = await plane.infer(served, inputs)
+        finally:
+            served.release()
         return _oip_response(body, model, served.manifest.version, outputs)
 
     # ---- repository extension --------------------------------------------------------------
@@ -228,7 +204,6 @@ def build_http_app(plane: DataPlane) -> Starlette:
     v = "/v2/models/{name}/versions/{version}"
     m = "/v2/models/{name}"
     routes = [
-        Route("/predict", predict, methods=["POST"]),
         Route(m + "/infer", guarded(infer), methods=["POST"]),
         Route(v + "/infer", guarded(infer), methods=["POST"]),
         Route("/v2/health/live", live),
@@ -247,15 +222,17 @@ def build_http_app(plane: DataPlane) -> Starlette:
     routed = Starlette(
         routes=routes,
         exception_handlers={
-            404: lambda request, exc: error_response(404, f"no route {request.method} {request.url.path}"),
-            405: lambda request, exc: error_response(405, f"{request.method} not allowed here"),
+            404: lambda request, exc: json_response(
+                {"error": f"no route {request.method} {request.url.path}"}, 404
+            ),
+            405: lambda request, exc: json_response({"error": f"{request.method} not allowed here"}, 405),
         },
     )
     return FastPath(plane, routed)
 
 
-async def predict_bytes(plane: DataPlane, raw: bytes, x_model: str | None) -> tuple[int, bytes]:
-    """``POST /predict``: request bytes -> (status, JSON bytes); records the request's metrics."""
+async def predict_bytes(plane: DataPlane, raw: bytes, x_model: str | None) -> tuple[int, bytes, Headers]:
+    """``POST /predict``: request bytes -> (status, JSON bytes, headers); records its metrics."""
     started = time.perf_counter()
     model_label = "-"
     try:
@@ -265,14 +242,38 @@ async def predict_bytes(plane: DataPlane, raw: bytes, x_model: str | None) -> tu
         model = _optional_name("model", body.get("model") or x_model)
         version = _optional_name("version", body.get("version"))
         model_label = plane.model_name(model)
-        name, answered, outputs = await plane.predict(model, version, body["input_data"])
-        status = 200
-        payload = {"model": name, "version": answered, "outputs": outputs}
-    except ManyModelsError as exc:
-        status, payload = exc.status, {"error": str(exc)}
+        served = await plane.acquire(model_label, version)
+        try:
+            outputs = await _predict(plane, served, body["input_data"])
+        finally:
+            served.release()
+        payload = {"model": model_label, "version": served.manifest.version, "outputs": outputs}
+        status, reply, headers = 200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), []
+    except Exception as exc:
+        status, reply, headers = error_reply(exc, "/predict")
         model_label = _label(model_label, exc)
     plane.metrics.observe(model_label, status, time.perf_counter() - started)
-    return status, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    return status, reply, headers
+
+
+async def _predict(plane: DataPlane, served: ServedModel, input_data: Any) -> Any:
+    """``input_data`` through the model's processor, or the plain JSON-array codec."""
+    processor = served.processor
+    if processor is None:
+        inputs, single = decode_input_data(input_data, served.manifest.inputs)
+        return encode_outputs(await plane.infer(served, inputs), single)
+    try:
+        inputs = processor.preprocess(input_data)
+    except ManyModelsError:
+        raise
+    except Exception as exc:
+        raise InvalidRequest(f"pre-processing failed: {exc}") from exc
+    outputs = await plane.infer(served, inputs)
+    try:
+        return processor.postprocess(outputs)
+    except Exception as exc:
+        where = f"model {served.manifest.name} version {served.manifest.version}"
+        raise InferenceError(f"{where}: post-processing failed: {type(exc).__name__}: {exc}") from exc
 
 
 class FastPath:
@@ -284,22 +285,22 @@ class FastPath:
         self.routed = routed
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] != "/predict":
             await self.routed(scope, receive, send)
             return
         headers = scope["headers"]
-        x_model = next((v.decode("latin-1") for k, v in headers if k == b"x-model"), None)
-        try:
-            raw = await receive_body(headers, receive, self.plane.config.limits.max_body_bytes)
-            if raw is None:
-                return
-            status, body = await predict_bytes(self.plane, raw, x_model)
-        except PayloadTooLarge as exc:
-            status, body = exc.status, orjson.dumps({"error": str(exc)})
-            self.plane.metrics.observe("-", status, 0.0)
-        except Exception as exc:  # never take the server down
-            log.exception("unhandled error on /predict")
-            status, body = 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}"})
+        if scope["method"] != "POST":
+            status, body, extra = 405, orjson.dumps({"error": f"{scope['method']} not allowed here"}), []
+        else:
+            x_model = next((v.decode("latin-1") for k, v in headers if k == b"x-model"), None)
+            try:
+                raw = await receive_body(headers, receive, self.plane.config.limits.max_body_bytes)
+                if raw is None:
+                    return
+                status, body, extra = await predict_bytes(self.plane, raw, x_model)
+            except Exception as exc:  # PayloadTooLarge, or anything unforeseen
+                status, body, extra = error_reply(exc, "/predict")
+                self.plane.metrics.observe("-", status, 0.0)
         await send(
             {
                 "type": "http.response.start",
@@ -307,22 +308,16 @@ class FastPath:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    *extra,
                 ],
             }
         )
         await send({"type": "http.response.body", "body": body})
 
 
-def _label(model: str, exc: ManyModelsError) -> str:
+def _label(model: str, exc: BaseException) -> str:
     """Unknown model names share one series, so clients cannot mint unbounded label values."""
     return "-" if type(exc) is ModelNotFound or isinstance(exc, InvalidName) else model
-
-
-def _parameters(entry: dict[str, Any]) -> dict[str, Any]:
-    parameters = entry.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidRequest("'parameters' must be a JSON object")
-    return parameters
 
 
 def _tensor_meta(spec: Any) -> dict[str, Any]:
@@ -331,14 +326,14 @@ def _tensor_meta(spec: Any) -> dict[str, Any]:
 
 def _oip_response(body: dict[str, Any], model: str, version: str, outputs: dict[str, Any]) -> Response:
     requested = body.get("outputs")
-    default_binary = bool(_parameters(body).get("binary_data_output", False))
+    default_binary = bool(parameters(body).get("binary_data_output", False))
     wanted: dict[str, bool] = {}
     if isinstance(requested, list) and requested:
         for item in requested:
             name = item.get("name") if isinstance(item, dict) else None
             if not isinstance(name, str) or name not in outputs:
                 raise InvalidRequest(f"unknown output {name!r}; the model has {sorted(outputs)}")
-            wanted[name] = bool(_parameters(item).get("binary_data", default_binary))
+            wanted[name] = bool(parameters(item).get("binary_data", default_binary))
     else:
         wanted = dict.fromkeys(outputs, default_binary)
     entries, payloads = [], []

@@ -97,6 +97,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.config_rejected = Counter(
+            "manymodels_config_rejected",
+            "user_config updates refused (e.g. a processor that does not import); the old one serves",
+            ["replica"],
+            registry=self.registry,
+        )
+
     def watch_cache(
         self, stats: Callable[[], CacheStats], resident: Callable[[], list[tuple[str, int]]]
     ) -> None:

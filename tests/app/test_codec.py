@@ -17,6 +17,7 @@ from manymodels.codec import (
 )
 from manymodels.errors import InvalidRequest
 from manymodels.store.manifest import TensorSpec
+from manymodels.tensors import check_inputs
 
 FEATURES = TensorSpec(name="input", dtype="float32", shape=[-1, 4])
 IDS = TensorSpec(name="ids", dtype="int64", shape=[-1, 3])
@@ -26,10 +27,13 @@ SMALL_INTS = TensorSpec(name="codes", dtype="uint8", shape=[-1, 3])
 TEXT = TensorSpec(name="text", dtype="bytes", shape=[-1])
 
 
+# Each helper decodes and then checks, as the request path does (the data plane runs the one check).
 def decode(
     data: Any, specs: list[TensorSpec], *, allow_nonfinite: bool = False, max_batch: int = 16
 ) -> tuple[dict[str, np.ndarray], bool]:
-    return decode_input_data(data, specs, allow_nonfinite=allow_nonfinite, max_batch=max_batch)
+    inputs, single = decode_input_data(data, specs)
+    check_inputs(specs, inputs, allow_nonfinite=allow_nonfinite, max_batch=max_batch)
+    return inputs, single
 
 
 def oip(
@@ -40,9 +44,9 @@ def oip(
     allow_nonfinite: bool = False,
     max_batch: int = 16,
 ) -> np.ndarray:
-    return decode_oip_tensor(
-        tensor, spec, binary, allow_nonfinite=allow_nonfinite, max_batch=max_batch
-    )
+    array = decode_oip_tensor(tensor, spec, binary)
+    check_inputs([spec], {spec.name: array}, allow_nonfinite=allow_nonfinite, max_batch=max_batch)
+    return array
 
 
 def refused(match: str) -> Any:

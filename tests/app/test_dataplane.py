@@ -7,7 +7,9 @@ copy of part of it when the test writes to the store.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -57,10 +59,14 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None
 
 
 async def version_of(plane: DataPlane, model: str, ref: str | None = None) -> str:
-    name, version, outputs = await plane.predict(model, ref, ROW)
-    assert name == model
-    assert np.shape(outputs["logits"]) == (10,)
-    return version
+    """Run one request the way the protocol layer does; the version that answered."""
+    served = await plane.acquire(model, ref)
+    try:
+        outputs = await plane.infer(served, {"input": np.asarray([ROW], np.float32)})
+    finally:
+        served.release()
+    assert outputs["logits"].shape == (1, 10)
+    return served.manifest.version
 
 
 def rollout_failures(plane: DataPlane, model: str) -> float:
@@ -119,7 +125,7 @@ def test_moving_an_alias_warms_the_new_version_first(demo_catalog: Path) -> None
         assert "mlp-000:2" not in plane.cache
         events: list[tuple[Any, ...]] = []
 
-        real_load = plane._load
+        real_load = plane.loader._load
 
         async def watched_load(model: str, version: str, options: Any = None) -> Any:
             if (model, version) == ("mlp-000", "2"):
@@ -133,14 +139,14 @@ def test_moving_an_alias_warms_the_new_version_first(demo_catalog: Path) -> None
                 )
             return await real_load(model, version, options)
 
-        real_set_aliases = plane.catalog.set_aliases
+        real_set_aliases = plane.live.set_aliases
 
         def watched_set_aliases(aliases: Any) -> None:
             events.append(("switch", "mlp-000:2" in plane.cache, dict(aliases["mlp-000"])))
             real_set_aliases(aliases)
 
-        plane._load = watched_load  # type: ignore[method-assign]
-        plane.catalog.set_aliases = watched_set_aliases  # type: ignore[method-assign]
+        plane.loader._load = watched_load  # type: ignore[method-assign]
+        plane.live.set_aliases = watched_set_aliases  # type: ignore[method-assign]
         await plane.reconfigure(after)
 
         assert events == [("loading", "1", "1"), ("switch", True, {"stable": "2"})]
@@ -348,9 +354,7 @@ def test_a_new_store_starts_clean(demo_catalog: Path, tmp_path: Path) -> None:
 # ---- store refresh ------------------------------------------------------------------------------
 
 
-def test_refresh_warms_a_new_latest_before_it_takes_traffic(
-    demo_catalog: Path, tmp_path: Path
-) -> None:
+def test_refresh_warms_a_new_latest_before_it_takes_traffic(demo_catalog: Path, tmp_path: Path) -> None:
     root = copy_catalog(demo_catalog, tmp_path / "store", ["mlp-001"])
     config = make_config(root, store={"uri": str(root), "refresh_interval_s": 0.05})
 
@@ -384,3 +388,198 @@ def test_one_corrupt_version_does_not_block_other_store_changes(corrupt_root: Pa
         assert await version_of(plane, "mlp-001") == "1"  # latest (2) is corrupt: v1 answers
 
     run(config, scenario)
+
+
+# ---- refresh and reconfigure never overwrite each other ------------------------------------------
+
+
+def test_reconfigure_during_a_slow_refresh_round_keeps_the_newer_config(
+    demo_catalog: Path, tmp_path: Path
+) -> None:
+    root = copy_catalog(demo_catalog, tmp_path / "store", ["mlp-001"])
+    store = {"uri": str(root), "refresh_interval_s": 0.05}
+    config = make_config(root, store=store)
+    newer = make_config(
+        root, store=store, models={"mlp-001": {"aliases": {"stable": "1"}}}, cache={"capacity_bytes": "96Mi"}
+    )
+
+    async def scenario(plane: DataPlane) -> None:
+        assert await version_of(plane, "mlp-001") == "1"
+        release = asyncio.Event()
+        real_load = plane.loader._load
+
+        async def slow_load(model: str, version: str, options: Any = None) -> Any:
+            if (model, version) == ("mlp-001", "2"):
+                await release.wait()  # the refresh round's warm-up of the new latest blocks here
+            return await real_load(model, version, options)
+
+        plane.loader._load = slow_load  # type: ignore[method-assign]
+        publish_copy(root, "mlp-001", "2")
+        await wait_for(lambda: "mlp-001:2" in plane.cache.loading_keys())
+        reconfigure = asyncio.create_task(plane.reconfigure(newer))
+        await asyncio.sleep(0.2)
+        assert not reconfigure.done()  # waits for the round instead of racing it
+        release.set()
+        await reconfigure
+        await asyncio.sleep(0.2)  # further refresh rounds must not undo it either
+        assert plane.config == newer
+        assert plane.catalog.versions("mlp-001") == ["1", "2"]  # the round's listing is in
+        assert await version_of(plane, "mlp-001") == "1"  # and so is the alias it raced with
+        assert plane.cache.stats().capacity_bytes == 96 * 2**20
+
+    run(config, scenario)
+
+
+# ---- models leave memory when they leave the cache ----------------------------------------------
+
+
+@pytest.fixture
+def close_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every LoadedModel.close() the data plane makes, as 'model:version'."""
+    from manymodels.dataplane import loader
+
+    closed: list[str] = []
+    real_load_model = loader.load_model
+
+    def counting_load_model(manifest: Any, *args: Any, **kwargs: Any) -> Any:
+        model = real_load_model(manifest, *args, **kwargs)
+        real_close = model.close
+
+        def close() -> None:
+            closed.append(f"{manifest.name}:{manifest.version}")
+            real_close()
+
+        model.close = close
+        return model
+
+    monkeypatch.setattr(loader, "load_model", counting_load_model)
+    return closed
+
+
+def test_evicted_unloaded_and_replaced_models_are_closed(
+    demo_catalog: Path, close_counter: list[str]
+) -> None:
+    async def scenario(plane: DataPlane) -> None:
+        for model in ("mlp-000", "mlp-001", "mlp-002", "mlp-003"):
+            await version_of(plane, model)
+        size = max(dict(plane.cache.resident()).values()) * 3 // 2
+        plane.cache.resize(size)  # room for the largest of these models and not much more
+        resident = {k for k, _ in plane.cache.resident()}
+        assert 1 <= len(resident) < 4
+        assert sorted(close_counter) == sorted(
+            {"mlp-000:1", "mlp-001:1", "mlp-002:1", "mlp-003:1"} - resident
+        )
+
+        # In use when unloaded: closed when its request is done, not under it.
+        held = await plane.acquire("mlp-004", "1")
+        plane.unload("mlp-004")
+        assert "mlp-004:1" not in close_counter
+        outputs = await plane.infer(held, {"input": np.asarray([ROW], np.float32)})
+        assert outputs["logits"].shape == (1, 10)
+        held.release()
+        assert close_counter[-1] == "mlp-004:1"
+
+        # A store change closes everything that was resident.
+        await plane.reconfigure(
+            make_config(demo_catalog / "mlp-000", cache={"capacity_bytes": size * 3 // 2})
+        )
+        assert len(plane.cache) == 0
+        assert sorted(close_counter) == sorted(
+            {"mlp-000:1", "mlp-001:1", "mlp-002:1", "mlp-003:1", "mlp-004:1"}
+        )
+
+    run(make_config(demo_catalog, cache={"capacity_bytes": "1Gi"}), scenario)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_unloading_a_large_model_gives_its_memory_back(tmp_path: Path) -> None:
+    """On CPU, RSS drops back by about the model's weights once it is unloaded (closed)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).standard_normal((4096, 8192)).astype(np.float32)  # 128 MiB
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4096])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8192])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    artifact = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), artifact)
+    del weights, graph
+    root = tmp_path / "store"
+    publish_version(
+        root,
+        "big",
+        "1",
+        runtime="onnx",
+        artifact=artifact,
+        inputs=[{"name": "x", "dtype": "float32", "shape": [-1, 4096]}],
+        outputs=[{"name": "y", "dtype": "float32", "shape": [-1, 8192]}],
+    )
+
+    async def scenario(plane: DataPlane) -> None:
+        before = rss_bytes()
+        (await plane.acquire("big", None)).release()
+        loaded = rss_bytes()
+        assert loaded - before > 100 * 2**20
+        plane.unload("big")
+        gc.collect()
+        after = rss_bytes()
+        assert loaded - after > 100 * 2**20, (before, loaded, after)
+
+    run(make_config(root, cache={"capacity_bytes": "1Gi"}), scenario)
+
+
+# ---- a remote store: opened once, refreshed in place ---------------------------------------------
+
+
+def test_a_remote_store_is_opened_once_and_refreshed_in_place(
+    demo_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """file:// with a disk tier goes through fsspec and the tier, like s3:// (tests/app/store runs the
+    real object-store servers): new versions and aliases.json moves are seen, nothing is fetched
+    twice, no tier folder is added per round."""
+    from manymodels.dataplane import live_catalog
+    from manymodels.store import RemoteStore, set_store_aliases
+
+    opened: list[str] = []
+    real_open = live_catalog.open_store
+
+    def counting_open(uri: str, **kwargs: Any) -> Any:
+        opened.append(uri)
+        return real_open(uri, **kwargs)
+
+    monkeypatch.setattr(live_catalog, "open_store", counting_open)
+    root = copy_catalog(demo_catalog, tmp_path / "store", ["mlp-001"])
+    tier = tmp_path / "tier"
+    store = {"uri": f"file://{root}", "disk_cache_dir": str(tier), "refresh_interval_s": 0.05}
+    config = make_config(root, store=store)
+
+    async def scenario(plane: DataPlane) -> None:
+        assert isinstance(plane.live.store, RemoteStore)
+        assert await version_of(plane, "mlp-001") == "1"
+        rounds = plane.live.refreshes
+        publish_copy(root, "mlp-001", "2")
+        await wait_for(lambda: plane.catalog.resolve("mlp-001") == "2")
+        assert await version_of(plane, "mlp-001") == "2"
+        set_store_aliases(root, "mlp-001", {"stable": "1"})
+        await wait_for(lambda: plane.catalog.resolve("mlp-001") == "1")
+        assert await version_of(plane, "mlp-001") == "1"
+        await wait_for(lambda: plane.live.refreshes > rounds + 3)
+        assert opened == [f"file://{root}"]
+        disk = plane.live.store.disk.stats()  # type: ignore[attr-defined]
+        # v2 is a copy of v1's bytes: content-addressed, fetched once for both, across every round
+        assert disk["downloads"] == len(disk_shas(root)) == 1
+        assert sorted(p.name for p in tier.iterdir()) == [".tmp", *sorted(disk_shas(root))]
+
+    run(config, scenario)
+
+
+def disk_shas(root: Path) -> set[str]:
+    return {json.loads(m.read_text())["sha256"] for m in root.glob("*/*/manifest.json")}

@@ -22,7 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.config import ServerConfig
 from manymodels.dataplane import DataPlane
+from manymodels.errors import ConfigurationError
 from manymodels.http import build_http_app
+from manymodels.processors import Processor
 from manymodels.store import publish_version
 
 T = TypeVar("T")
@@ -995,3 +997,79 @@ def test_previously_loaded_version_keeps_serving(demo_catalog: Path, tmp_path: P
         assert (await client.post("/predict", json={"input_data": "sample"})).status_code == 200
 
     serve(make_config(root), scenario)
+
+
+# ---- error classes: whose fault, and whether to retry -------------------------------------------
+
+
+class BrokenProcessor(Processor):
+    """A processor whose constructor refuses its options (a configuration mistake)."""
+
+    def __init__(self, manifest: Any, options: dict[str, Any]) -> None:
+        raise ValueError("option 'threshold' is required")
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "message"),
+    [
+        (RuntimeError("graph node 7 exploded"), 500, "failed at inference: RuntimeError: graph node 7"),
+        (MemoryError(), 503, "ran out of memory"),
+        (
+            RuntimeError("[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer"),
+            503,
+            "memory",
+        ),
+    ],
+)
+def test_a_model_failing_at_inference_is_a_server_error(
+    config: ServerConfig, failure: Exception, status: int, message: str
+) -> None:
+    async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
+        served = await plane.acquire("mlp-001", None)
+        served.release()
+
+        def explode(inputs: Any) -> Any:
+            raise failure
+
+        served.model.infer = explode  # type: ignore[method-assign]
+        for response in (
+            await client.post("/predict", json={"model": "mlp-001", "input_data": ROW}),
+            await client.post(
+                "/v2/models/mlp-001/infer",
+                json={"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ROW}]},
+            ),
+        ):
+            assert_error(response, status, message)
+            assert "mlp-001 version 1" in response.json()["error"]
+            assert response.headers.get("retry-after") == ("1" if status == 503 else None)
+
+    serve(config, scenario)
+
+
+def test_a_processor_that_cannot_be_built_is_a_configuration_error(demo_catalog: Path) -> None:
+    broken = {"processor": f"{__name__}:BrokenProcessor"}
+    config = make_config(demo_catalog, models={"text-sentiment": TEXT_OPTIONS, "mlp-001": broken})
+
+    async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
+        response = await client.post("/predict", json={"model": "mlp-001", "input_data": ROW})
+        error = assert_error(response, 500, "model mlp-001 version 1: processor ")
+        assert error.endswith("BrokenProcessor: option 'threshold' is required"), error
+
+    serve(config, scenario)
+
+
+def test_a_processor_that_does_not_import_is_refused_when_the_config_is_applied(
+    config: ServerConfig, demo_catalog: Path
+) -> None:
+    typo = {"models": {"text-sentiment": {**TEXT_OPTIONS, "processor": "manymodels.processors.txt:Nope"}}}
+    with pytest.raises(ConfigurationError, match="cannot import 'manymodels.processors.txt'"):
+        DataPlane(make_config(demo_catalog, **typo))
+
+    async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
+        with pytest.raises(ConfigurationError, match="processor 'manymodels.processors.txt:Nope'"):
+            await plane.reconfigure(make_config(demo_catalog, **typo, cache={"capacity_bytes": "1Mi"}))
+        assert plane.config == config  # nothing of the refused config was applied
+        ok = await client.post("/predict", json={"input_data": "a fine day"})
+        assert ok.status_code == 200, ok.text
+
+    serve(config, scenario)

@@ -12,7 +12,6 @@ Subclass :class:`Processor` and override ``preprocess`` and/or ``postprocess``::
     # mycompany/processors.py  (a module shipped in the serving image)
     import numpy as np
     from manymodels.errors import InvalidRequest
-from manymodels.imports import import_object
     from manymodels.processors.base import Processor
 
     class ChurnScorer(Processor):
@@ -51,8 +50,11 @@ Rules
 
 The base class itself is the default processor: it maps JSON arrays straight onto tensors
 (``input_data`` is the array for a single-input model, or ``{input_name: array}``; a single
-example may omit the batch dimension) and returns ``{output_name: nested list}``. Non-finite
-floats are refused unless ``options["allow_nan"]`` is true.
+example may omit the batch dimension) and returns ``{output_name: nested list}``.
+
+Whatever ``preprocess`` returns is checked against the manifest by the data plane (dtype, rank,
+dimensions, ``limits.max_batch``, NaN/infinity unless the model's ``allow_nonfinite``), exactly as
+tensors from the other endpoints are, so a processor need not repeat those checks.
 """
 
 from __future__ import annotations
@@ -63,7 +65,6 @@ import numpy as np
 
 from manymodels.errors import InvalidRequest
 from manymodels.imports import import_object
-from manymodels.runtimes.base import check_tensor
 from manymodels.store.manifest import ModelManifest, TensorSpec
 
 
@@ -73,7 +74,6 @@ class Processor:
     def __init__(self, manifest: ModelManifest, options: dict[str, Any]) -> None:
         self.manifest = manifest
         self.options = dict(options)
-        self.allow_nan = bool(self.options.get("allow_nan", False))
 
     def preprocess(self, input_data: Any) -> dict[str, np.ndarray]:
         specs = self.manifest.inputs
@@ -105,9 +105,6 @@ class Processor:
         # A single example without its batch dimension: add it, clients rarely wrap one row.
         if spec.shape and spec.shape[0] == -1 and arr.ndim == len(spec.shape) - 1:
             arr = arr[np.newaxis, ...]
-        check_tensor(spec, arr)
-        if arr.dtype.kind == "f" and not self.allow_nan and not np.isfinite(arr).all():
-            raise InvalidRequest(f"input {spec.name!r} contains NaN or infinity")
         return arr
 
 

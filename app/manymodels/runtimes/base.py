@@ -10,8 +10,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from manymodels.errors import InvalidRequest
-from manymodels.store.manifest import ModelManifest, TensorSpec
+from manymodels.store.manifest import ModelManifest
 
 
 class RuntimeSettings(BaseModel):
@@ -38,7 +37,11 @@ class LoadedModel(ABC):
 
     @abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model; outputs are keyed by ``manifest.outputs`` names, in that order."""
+        """Run the model; outputs are keyed by ``manifest.outputs`` names, in that order.
+
+        ``inputs`` have passed ``manymodels.tensors.check_inputs`` (the caller's job, once per
+        request); a failure here is the model's, not the client's. Raises
+        ``InferenceError`` (after ``close`` too)."""
 
     @abstractmethod
     def memory_bytes(self) -> int:
@@ -51,44 +54,6 @@ class LoadedModel(ABC):
     def __repr__(self) -> str:
         m = self.manifest
         return f"<{type(self).__name__} {m.name}:{m.version} on {self.device}>"
-
-
-def check_inputs(manifest: ModelManifest, inputs: dict[str, np.ndarray]) -> None:
-    """Reject inputs that do not match the manifest, before they reach native code.
-
-    Native runtimes report such mistakes as opaque internal errors; checking here turns them
-    into :class:`InvalidRequest` (HTTP 400) with the offending tensor named.
-    """
-    if not isinstance(inputs, dict):
-        raise InvalidRequest("inputs must be a mapping of input name to array")
-    expected = {spec.name for spec in manifest.inputs}
-    unknown = sorted(set(inputs) - expected)
-    if unknown:
-        raise InvalidRequest(f"unknown input(s) {unknown}; model expects {sorted(expected)}")
-    for spec in manifest.inputs:
-        if spec.name not in inputs:
-            raise InvalidRequest(f"missing input {spec.name!r}")
-        check_tensor(spec, inputs[spec.name])
-
-
-def check_tensor(spec: TensorSpec, value: np.ndarray) -> None:
-    if not isinstance(value, np.ndarray):
-        raise InvalidRequest(f"input {spec.name!r} must be a numpy array")
-    if spec.dtype == "bytes":
-        if value.dtype.kind not in ("S", "O", "U"):
-            raise InvalidRequest(f"input {spec.name!r} must hold bytes, got {value.dtype}")
-    elif value.dtype != np.dtype(spec.dtype):
-        raise InvalidRequest(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
-    if value.ndim != len(spec.shape):
-        raise InvalidRequest(
-            f"input {spec.name!r} must have {len(spec.shape)} dimensions {spec.shape}, "
-            f"got shape {list(value.shape)}"
-        )
-    for got, want in zip(value.shape, spec.shape, strict=True):
-        if want != -1 and got != want:
-            raise InvalidRequest(
-                f"input {spec.name!r} must have shape {spec.shape}, got {list(value.shape)}"
-            )
 
 
 def available_devices() -> list[str]:

@@ -13,8 +13,8 @@ import onnx
 import onnxruntime as ort
 from onnx import AttributeProto, GraphProto, TensorProto, helper
 
-from manymodels.errors import ModelLoadError
-from manymodels.runtimes.base import LoadedModel, RuntimeSettings, check_inputs
+from manymodels.errors import InferenceError, ModelLoadError
+from manymodels.runtimes.base import LoadedModel, RuntimeSettings
 from manymodels.store.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,7 @@ class OnnxModel(LoadedModel):
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.session  # local: close() from another thread must not break a running call
         if session is None:
-            raise ModelLoadError(f"{self.manifest.name}:{self.manifest.version} is closed")
-        check_inputs(self.manifest, inputs)
+            raise InferenceError(f"{self.manifest.name}:{self.manifest.version} is closed")
         names = [s.name for s in self.manifest.outputs]
         # InferenceSession.run is thread-safe; no lock needed.
         results = session.run(names, inputs)

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from manymodels.errors import ModelLoadError
-from manymodels.runtimes.base import LoadedModel, RuntimeSettings, check_inputs
+from manymodels.errors import InferenceError, ModelLoadError
+from manymodels.runtimes.base import LoadedModel, RuntimeSettings
 from manymodels.store.manifest import ModelManifest
 
 # Per-module resident memory beyond parameters/buffers/constants: measured with torch 2.15 on
@@ -116,8 +116,7 @@ class TorchModel(LoadedModel):
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         module = self.module
         if module is None:
-            raise ModelLoadError(f"{self.manifest.name}:{self.manifest.version} is closed")
-        check_inputs(self.manifest, inputs)
+            raise InferenceError(f"{self.manifest.name}:{self.manifest.version} is closed")
         torch = self._torch
         args = [_to_tensor(inputs[s.name], torch, self.device) for s in self.manifest.inputs]
         with torch.inference_mode():
@@ -129,14 +128,14 @@ class TorchModel(LoadedModel):
         if isinstance(result, dict):
             missing = [n for n in names if n not in result]
             if missing:
-                raise ModelLoadError(f"{self._id()}: model returned no outputs named {missing}")
+                raise InferenceError(f"{self._id()}: model returned no outputs named {missing}")
             values = [result[n] for n in names]
         elif isinstance(result, (tuple, list)):
             values = list(result)
         else:
             values = [result]
         if len(values) != len(names):
-            raise ModelLoadError(
+            raise InferenceError(
                 f"{self._id()}: model returned {len(values)} outputs, manifest names {len(names)}"
             )
         return {n: v.detach().cpu().numpy() for n, v in zip(names, values, strict=True)}

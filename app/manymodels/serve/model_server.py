@@ -16,6 +16,7 @@ import ray
 from ray import serve
 
 from manymodels.config import MODEL_SERVER, ServerConfig
+from manymodels.errors import ConfigurationError
 from manymodels.metrics import Metrics
 from manymodels.serve import registry
 from manymodels.serve.embedded import EmbeddedServer
@@ -36,9 +37,16 @@ class ModelServer:
     async def reconfigure(self, user_config: dict) -> None:
         config = ServerConfig.model_validate(user_config)
         if self._server is None:
-            self._start(config)
-        else:
+            self._start(config)  # a bad first config fails the deploy, loudly
+            return
+        try:
             self._server.submit(self._server.plane.reconfigure(config)).result()
+        except ConfigurationError as exc:
+            # Raising here would make Serve restart the replica, which then fails on the same config:
+            # refuse it and keep serving the old one, with the reason in the log and the metrics.
+            plane = self._server.plane
+            plane.metrics.config_rejected.labels(plane.metrics.replica).inc()
+            log.error("user_config refused, the previous one keeps serving: %s", exc)
 
     def _start(self, config: ServerConfig) -> None:
         server = EmbeddedServer(config, Metrics(self._replica), config.http.host, config.http.port)

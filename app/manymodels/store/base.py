@@ -6,6 +6,7 @@ memoisation live here so a local directory and an object store behave identicall
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from abc import ABC, abstractmethod
@@ -121,7 +122,17 @@ class ModelStore(ABC):
             self._manifests[(model, version)] = found
         return found
 
+    def fork(self) -> ModelStore:
+        """A view of the same store (same connection, same disk tier) with an empty memo: what the
+        store holds now, prepared beside the live view and swapped in once its new versions are
+        warm. Backends drop their own listing caches here too."""
+        view = copy.copy(self)
+        view._memo_lock = threading.Lock()
+        view._models, view._versions, view._aliases, view._manifests = None, {}, {}, {}
+        return view
+
     def refresh(self) -> None:
+        """Drop the memo in place (the next call lists the store again)."""
         with self._memo_lock:
             self._models = None
             self._versions = {}

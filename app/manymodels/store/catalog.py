@@ -35,6 +35,12 @@ class Catalog:
         }
         self._config = table
 
+    def over(self, store: ModelStore) -> Catalog:
+        """This alias table over another view of the store (see ``ModelStore.fork``)."""
+        other = Catalog(store)
+        other._config = self._config
+        return other
+
     def aliases(self, model: str) -> dict[str, str]:
         merged = self.store.store_aliases(model)
         merged.update(self._config.get(model, {}))

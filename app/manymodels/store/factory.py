@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tempfile
 from pathlib import Path
@@ -24,8 +25,9 @@ def open_store(
 ) -> ModelStore:
     """A plain path, or ``file://`` without ``cache_dir``, is read in place (LocalStore); anything
     else goes through fsspec with a disk tier (RemoteStore). Without ``cache_dir`` the disk tier is
-    a fresh folder under ``$TMPDIR/manymodels-disk``; set it explicitly in production so the tier
-    lands on a sized volume and survives process restarts."""
+    ``default_tier_dir(uri)``: one stable folder per store URI, so re-opening the store, restarting
+    the process or a second replica on the node reuses what is already downloaded. Set it explicitly
+    in production so the tier lands on a sized volume."""
     is_file = uri.startswith("file://")
     if is_file and urlparse(uri).netloc not in ("", "localhost"):
         # "file://models" would otherwise silently become the current directory
@@ -33,9 +35,14 @@ def open_store(
     if not _SCHEME.match(uri) or (is_file and cache_dir is None):
         return LocalStore(unquote(urlparse(uri).path) if is_file else uri)
     if cache_dir is None:
-        parent = Path(tempfile.gettempdir()) / "manymodels-disk"
-        parent.mkdir(parents=True, exist_ok=True)
-        cache_dir = tempfile.mkdtemp(prefix="tier-", dir=parent)
+        cache_dir = default_tier_dir(uri)
     return RemoteStore(
         uri, cache_dir=cache_dir, cache_bytes=cache_bytes, storage_options=storage_options
     )
+
+
+def default_tier_dir(uri: str) -> Path:
+    """``$TMPDIR/manymodels-disk/<hash of the URI>``: the tier is content-addressed and shareable
+    between processes (see DiskTier), so one folder per store is safe and never leaks."""
+    digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "manymodels-disk" / digest

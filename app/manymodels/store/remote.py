@@ -89,8 +89,12 @@ class RemoteStore(ModelStore):
             size_bytes=manifest.size_bytes,
         )
 
+    def fork(self) -> RemoteStore:
+        self.fs.invalidate_cache()  # see refresh()
+        return super().fork()  # type: ignore[return-value]
+
     def refresh(self) -> None:
         super().refresh()
-        # s3fs/gcsfs/adlfs keep their own directory listings; without this a refresh would not
-        # see new versions.
+        # s3fs/gcsfs/adlfs keep their own directory listings with no expiry by default; without
+        # this a refresh would not see new versions.
         self.fs.invalidate_cache()

@@ -9,6 +9,7 @@ from manymodels.errors import InvalidRequest
 from manymodels.processors import Processor, load_processor_class
 from manymodels.processors.text import TextClassifierProcessor
 from manymodels.store.manifest import ModelManifest, TensorSpec
+from manymodels.tensors import check_inputs
 
 
 def manifest(*inputs: TensorSpec) -> ModelManifest:
@@ -74,17 +75,22 @@ def test_default_processor_named_inputs() -> None:
     ],
 )
 def test_default_processor_rejects_bad_tensors(spec: TensorSpec, value: Any, message: str) -> None:
+    """What the processor cannot convert it refuses; what it converts, the one checker
+    (manymodels.tensors, run by the data plane on every path) refuses with the same words."""
     proc = Processor(manifest(spec), {})
     if message is None:
         assert proc.preprocess(value)[spec.name].tolist() == [[-1, 1]]
         return
     with pytest.raises(InvalidRequest, match=message):
-        proc.preprocess(value)
+        check_inputs([spec], proc.preprocess(value), allow_nonfinite=False, max_batch=4096)
 
 
-def test_allow_nan_option() -> None:
-    out = Processor(manifest(X), {"allow_nan": True}).preprocess([1, float("nan"), 3])
+def test_nonfinite_passes_the_processor_and_is_the_checkers_call() -> None:
+    out = Processor(manifest(X), {}).preprocess([1, float("nan"), 3])
     assert np.isnan(out["x"][0, 1])
+    check_inputs([X], out, allow_nonfinite=True, max_batch=4096)
+    with pytest.raises(InvalidRequest, match="batch of 1 exceeds 0"):
+        check_inputs([X], out, allow_nonfinite=True, max_batch=0)
 
 
 def test_load_processor_class() -> None:

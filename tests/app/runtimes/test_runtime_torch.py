@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from manymodels.errors import InvalidRequest, ModelLoadError
+from manymodels.errors import InferenceError, ModelLoadError
 from manymodels.runtimes import RuntimeSettings, load_model
 from manymodels.runtimes import torch as torch_runtime
 from manymodels.store.manifest import ModelManifest, TensorSpec
@@ -109,10 +109,8 @@ def test_memory_bytes_counts_params_and_buffers(tmp_path: Path) -> None:
 def test_output_count_mismatch(artifact: tuple[str, Path]) -> None:
     fmt, path = artifact
     model = load_model(manifest_for(path, fmt, outputs=("logits",)), path, CPU)
-    with pytest.raises(ModelLoadError, match="returned 2 outputs"):
+    with pytest.raises(InferenceError, match="returned 2 outputs"):
         model.infer({"x": np.ones((1, 6), np.float32)})
-    with pytest.raises(InvalidRequest, match="float32"):
-        model.infer({"x": np.ones((1, 6), np.float64)})
 
 
 def test_load_errors(tmp_path: Path, artifact: tuple[str, Path]) -> None:
@@ -131,7 +129,7 @@ def test_close(artifact: tuple[str, Path]) -> None:
     fmt, path = artifact
     model = load_model(manifest_for(path, fmt), path, CPU)
     model.close()
-    with pytest.raises(ModelLoadError, match="closed"):
+    with pytest.raises(InferenceError, match="closed"):
         model.infer({"x": np.ones((1, 6), np.float32)})
 
 

@@ -1,0 +1,157 @@
+"""The data plane's face: what the protocol layer calls with model names and tensors.
+
+``/predict``, the OIP routes and any future gRPC front decode their requests themselves and call
+these methods; nothing here knows about HTTP or Ray. The parts, one job each: ``live_catalog`` (store,
+aliases, polling), ``rollout`` (applying a new config live), ``loader`` (memory cache, loads, closes),
+``inference`` (running a model) and ``manymodels.tensors`` (the one input check). All coroutines
+run on one event loop (the replica's serving loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+
+from manymodels import __version__
+from manymodels.cache import ModelCache
+from manymodels.config import ServerConfig
+from manymodels.dataplane.inference import Inference
+from manymodels.dataplane.live_catalog import LiveCatalog
+from manymodels.dataplane.loader import ModelLoader, cache_key
+from manymodels.dataplane.rollout import Rollout, check_code
+from manymodels.dataplane.served import ServedModel
+from manymodels.errors import ArtifactIntegrityError, InvalidRequest, ModelLoadError
+from manymodels.metrics import Metrics
+from manymodels.store import Catalog
+from manymodels.store.manifest import ModelManifest
+from manymodels.tensors import check_inputs
+
+log = logging.getLogger("manymodels")
+
+
+class DataPlane:
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        check_code(config)
+        self.metrics = metrics or Metrics("local")
+        self.live = LiveCatalog(config)
+        self.loader = ModelLoader(self.live, config, self.metrics)
+        self.rollout = Rollout(config, self.live, self.loader, self.metrics)
+        self.inference = Inference()
+        self.metrics.watch_cache(self.cache.stats, self.cache.resident)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._poll: asyncio.Task[None] | None = None
+
+    @property
+    def cache(self) -> ModelCache[ServedModel]:
+        return self.loader.cache
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.live.catalog
+
+    async def start(self) -> None:
+        """Apply pins and prefetch; called once the serving loop runs."""
+        self.rollout.apply_pins()
+        self._spawn(self.rollout.prefetch(self.config.cache.prefetch))
+        # Not in _background (which settles): it polls for the life of the replica.
+        self._poll = asyncio.get_running_loop().create_task(
+            self.live.poll(lambda: self.config.store.refresh_interval_s, self.rollout.warm_moved)
+        )
+
+    async def reconfigure(self, config: ServerConfig) -> None:
+        """Apply a new ``user_config`` in place (see ``Rollout.apply``)."""
+        await self.rollout.apply(config)
+        self._spawn(self.rollout.prefetch(config.cache.prefetch))
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.rollout.config
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def model_name(self, model: str | None) -> str:
+        if model:
+            return model
+        if self.config.default_model:
+            return self.config.default_model
+        raise InvalidRequest("no 'model' given and no default_model is configured")
+
+    async def acquire(self, model: str, ref: str | None) -> ServedModel:
+        """The version ``ref`` names (or, if it cannot load, the one that last answered for it),
+        held for the caller until ``release()``."""
+        version = self.live.resolve(model, ref)
+        try:
+            served = await self.loader.get(model, version)
+        except (ArtifactIntegrityError, ModelLoadError) as exc:
+            fallback = self.live.last_answer(model, ref)
+            if fallback is None or fallback == version:
+                raise
+            log.error("%s %s unusable (%s); %s keeps serving", model, version, exc, fallback)
+            served = await self.loader.get(model, fallback)
+            version = fallback
+        self.live.answered(model, ref, version)
+        return served
+
+    async def infer(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check ``inputs`` against the manifest (once, for every protocol), then run the model."""
+        check_inputs(
+            served.manifest.inputs,
+            inputs,
+            allow_nonfinite=served.options.allow_nonfinite,
+            max_batch=self.config.limits.max_batch,
+        )
+        return await self.inference.run(served, inputs, inline_max_ms=self.config.inline_infer_max_ms)
+
+    # ---- metadata and repository ---------------------------------------------------------
+
+    def manifest(self, model: str, ref: str | None) -> ModelManifest:
+        return self.live.store.manifest(model, self.live.resolve(model, ref))
+
+    def is_ready(self, model: str, ref: str | None) -> bool:
+        """Servable: resolves, and is not a version that just failed to load."""
+        version = self.live.try_resolve(model, ref)
+        return version is not None and self.loader.failure(model, version) is None
+
+    def repository_index(self) -> list[dict[str, str]]:
+        index = []
+        for model in self.catalog.models():
+            for version in self.catalog.versions(model):
+                state = "READY" if cache_key(model, version) in self.cache else "UNAVAILABLE"
+                entry = {"name": model, "version": version, "state": state, "reason": ""}
+                failed = self.loader.failure(model, version)
+                if failed is not None:
+                    entry["reason"] = str(failed)
+                elif state == "UNAVAILABLE":
+                    entry["reason"] = "not resident; loads on first request"
+                index.append(entry)
+        return index
+
+    async def load(self, model: str, ref: str | None = None) -> str:
+        version = self.live.resolve(model, ref)
+        await self.loader.prefetch(model, version, retry=True)  # an explicit load retries at once
+        return version
+
+    def unload(self, model: str) -> int:
+        self.live.resolve(model, None)  # 404 for unknown models
+        return self.loader.unload(model)
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {
+            "name": "manymodels",
+            "version": __version__,
+            "extensions": ["model_repository", "binary_tensor_data"],
+        }
+
+    def close(self) -> None:
+        for task in [*self._background, *([self._poll] if self._poll else [])]:
+            task.cancel()
+        self.loader.close()
+        self.inference.close()
