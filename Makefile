@@ -16,7 +16,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 $(VENV)/.installed: app/pyproject.toml requirements-dev.txt
 	$(STAGE) venv bash -c 'set -e; $(PYTHON) -m venv $(VENV); \
 	  $(PY) -m pip install -q --upgrade pip==$(PIP_VERSION); \
-	  $(PY) -m pip install -q -e "app[torch]" -r requirements-dev.txt'
+	  $(PY) -m pip install -q -e "app[torch,s3,gcs,azure]" -r requirements-dev.txt'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -27,8 +27,8 @@ demo: venv ## local Ray + demo models on 127.0.0.1:8000 (MM_PORT, MM_HOST overri
 lint: venv
 	$(VENV)/bin/ruff check app tests bench
 
-test-app: venv lint
-	$(STAGE) app-tests $(PY) -m pytest tests/app -q -p no:cacheprovider
+test-app: venv lint store-servers
+	$(STAGE) app-tests ci/store-servers.sh exec $(PY) -m pytest tests/app -q -p no:cacheprovider
 
 test: test-app test-chart test-image test-e2e
 
@@ -42,6 +42,7 @@ bench-cache: venv
 bench-http: venv
 	$(PY) bench/http_overhead.py
 
+include ci/store.mk
 include ci/chart.mk
 include ci/image.mk
 include ci/e2e.mk

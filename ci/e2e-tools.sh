@@ -25,19 +25,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # ROOT, TOOLS, versions, instal
 export CGO_ENABLED=0
 
 # The wrapper modules pin the versions in their go.mod; they must be the ones ci/versions.env names.
-gomod_requires() {  # DIR MODULE VERSION
-  grep -Eq "^[[:space:]]*(require[[:space:]]+)?$2[[:space:]]+$3([[:space:]]|$)" "$ROOT/$1/go.mod" || {
-    log "$1/go.mod does not require $2 $3 (ci/versions.env): change one to match the other"; return 1; }
-}
 gomod_requires ci/e2e/k8s k8s.io/kubernetes "v$KUBE_VERSION"
 gomod_requires ci/e2e/etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 gomod_requires ci/e2e/coredns github.com/coredns/coredns "$COREDNS_VERSION"
 
-# wrapper modules are keyed on their go.mod + go.sum too, so a dependency edit rebuilds
-key() { grep -hv "^[[:space:]]*//" "$@" | sha256sum | cut -c1-12; }   # comments do not count
-KUBE_DIR=$TOOLS/kubernetes-v$KUBE_VERSION-$(key "$ROOT"/ci/e2e/k8s/go.{mod,sum})
-ETCD_DIR=$TOOLS/etcd-$ETCD_VERSION-$(key "$ROOT"/ci/e2e/etcd/go.{mod,sum})
-COREDNS_DIR=$TOOLS/coredns-$COREDNS_VERSION-$(key "$ROOT"/ci/e2e/coredns/{go.mod,go.sum,main.go})
+# wrapper modules are keyed on their go.mod + go.sum too (files_key), so a dependency edit rebuilds
+KUBE_DIR=$TOOLS/kubernetes-v$KUBE_VERSION-$(files_key "$ROOT"/ci/e2e/k8s/go.{mod,sum})
+ETCD_DIR=$TOOLS/etcd-$ETCD_VERSION-$(files_key "$ROOT"/ci/e2e/etcd/go.{mod,sum})
+COREDNS_DIR=$TOOLS/coredns-$COREDNS_VERSION-$(files_key "$ROOT"/ci/e2e/coredns/{go.mod,go.sum,main.go})
 KWOK_DIR=$TOOLS/kwok-$KWOK_VERSION
 MONITORING_DIR=$TOOLS/monitoring-crds-$PROMETHEUS_OPERATOR_VERSION
 

@@ -86,6 +86,24 @@ build_from_copy() {
   return "$rc"
 }
 
+# gomod_requires DIR MODULE VERSION : fails unless the wrapper module DIR (relative to ROOT) requires
+# MODULE at VERSION. Wrapper modules pin what is built in their go.mod; ci/versions.env names the version.
+gomod_requires() {
+  grep -Eq "^[[:space:]]*(require[[:space:]]+)?$2[[:space:]]+$3([[:space:]]|$)" "$ROOT/$1/go.mod" || {
+    log "$1/go.mod does not require $2 $3 (ci/versions.env): change one to match the other"; return 1; }
+}
+
+# npm_requires DIR PACKAGE VERSION : the same for a wrapper npm package (DIR/package.json, whose
+# package-lock.json pins the rest; `npm ci` refuses a lock that disagrees with package.json).
+npm_requires() {
+  grep -Eq "^[[:space:]]*\"$2\":[[:space:]]*\"$3\",?[[:space:]]*$" "$ROOT/$1/package.json" || {
+    log "$1/package.json does not depend on $2 $3 (ci/versions.env): change one to match the other"; return 1; }
+}
+
+# files_key FILE... : 12 hex digits of the files' content, lines starting with // left out (comments do
+# not count). Wrapper modules' tool directories are keyed on it, so a dependency edit rebuilds.
+files_key() { grep -hv "^[[:space:]]*//" "$@" | sha256sum | cut -c1-12; }
+
 # install_once DIR DESCRIPTION COMMAND... : runs the command with $STAGE set to an empty staging
 # directory (under $TOOLS, with set -e in force), marks it complete (.ok) and renames it to DIR, so a
 # half-built tool is never taken for a built one. Skipped when DIR/.ok exists. A failure removes the

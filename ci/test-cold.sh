@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make test-cold`: CI's own run (`bash .ci/run` in a fresh clone of the committed HEAD, ../shared beside
 # it, no standard input, CI=true) on a COLD machine: every cache the run can use -- the tool cache, pip's
-# cache, Go's module and build caches, the private Docker daemon's data root, XDG_CACHE_HOME -- is an
-# empty folder under one temporary directory, deleted at the end. A warm cache hides missing install
+# and npm's caches, Go's module and build caches, the private Docker daemon's data root, XDG_CACHE_HOME --
+# is an empty folder under one temporary directory, deleted at the end. A warm cache hides missing install
 # steps; this does not. Prints the wall time of each stage and the total; exits non-zero on any failure.
 #
 #   ci/test-cold.sh
@@ -52,7 +52,7 @@ set +e
     XDG_CACHE_HOME="$base/cache" \
     MANYMODELS_TOOLS_DIR="$base/cache/manymodels/tools" \
     MM_DOCKER_DIR="$base/cache/manymodels/docker" \
-    PIP_CACHE_DIR="$base/cache/pip" \
+    PIP_CACHE_DIR="$base/cache/pip" npm_config_cache="$base/cache/npm" \
     GOPATH="$base/go" GOMODCACHE="$base/go/pkg/mod" GOCACHE="$base/cache/go-build" \
     MANYMODELS_STAGE_LOG="$stages" \
     bash .ci/run </dev/null

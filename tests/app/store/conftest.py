@@ -6,6 +6,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
+import store_servers
 
 from manymodels.store import ModelManifest, TensorSpec, publish_version
 
@@ -64,3 +65,39 @@ def mem_root() -> Iterator[str]:
     for key in [k for k in fs.store if k == top or k.startswith(top + "/")]:
         del fs.store[key]
     fs.pseudo_dirs[:] = [d for d in fs.pseudo_dirs if not (d == top or d.startswith(top + "/"))]
+
+
+# -- real object-store servers (store_servers.py): one per kind for the session, started on first use
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[store_servers.ObjectStoreServer]:
+    """moto's S3 server behind a counting proxy, bucket ``manymodels-tests``."""
+    with store_servers.s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def az_server() -> Iterator[store_servers.ObjectStoreServer]:
+    """Azurite's Blob service behind a counting proxy, container ``manymodels-tests``."""
+    with store_servers.az_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gs_server() -> Iterator[store_servers.ObjectStoreServer]:
+    """fake-gcs-server behind a counting proxy, bucket ``manymodels-tests``."""
+    with store_servers.gs_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3", "az", "gs"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> store_servers.StoreRoot:
+    """A fresh, empty store root on each backend in turn: a local directory, then a fresh prefix of
+    the S3, Azure Blob and GCS servers' bucket (see StoreRoot for the helpers)."""
+    if request.param == "local":
+        root = tmp_path / "store"
+        root.mkdir()
+        return store_servers.StoreRoot("local", str(root), tmp_path)
+    server = request.getfixturevalue(f"{request.param}_server")
+    return store_servers.StoreRoot(request.param, server.new_root(), tmp_path, server)
