@@ -46,8 +46,9 @@ class ModelCache(Generic[V]):
     """Keeps loaded models resident within ``capacity_bytes``; see ``policy.py`` for the policies.
 
     ``on_evict(key, value)`` is a notification sent after a value left the cache (eviction, resize
-    or discard). Callers may still hold and use the value, so it must not close it. Values that were
-    loaded but never kept (rejected, ``CacheFull``) are not notified. Use from one event loop: the
+    or discard), or was loaded and refused with ``CacheFull`` (then no caller receives it). Callers may
+    still hold and use an evicted value, so the callback must not close it under them. Values that
+    were loaded but not admitted are returned to their callers and not notified. Use from one event loop: the
     cache is not thread-safe.
     """
 
@@ -131,6 +132,7 @@ class ModelCache(Generic[V]):
                 evicted = self._admit(key, value, size, cost, flight)
             except CacheFull as exc:
                 _fail(flight.future, exc)
+                self._notify([(key, value)])  # nobody receives it: its owner may release it now
                 raise
             flight.future.set_result(value)
         finally:

@@ -78,7 +78,7 @@ class ModelLoader:
             except (ArtifactIntegrityError, ModelLoadError, ConfigurationError) as exc:
                 self._failed[key] = (time.monotonic() + FAILED_LOAD_BACKOFF_S, exc)
                 raise
-            if key not in self.cache:  # loaded but not kept (admission, CacheFull): close after use
+            if key not in self.cache:  # loaded but not admitted: closed once its callers are done
                 served.retired = True
             if served.acquire():
                 return served

@@ -176,7 +176,8 @@ def test_cache_full_when_everything_else_is_pinned() -> None:
 
 
 def test_cache_full_when_model_exceeds_capacity_reaches_every_waiter() -> None:
-    cache: ModelCache[str] = ModelCache(10)
+    released: list[tuple[str, str]] = []
+    cache: ModelCache[str] = ModelCache(10, on_evict=lambda k, v: released.append((k, v)))
 
     async def main() -> list[object]:
         opened = asyncio.Event()
@@ -196,6 +197,7 @@ def test_cache_full_when_model_exceeds_capacity_reaches_every_waiter() -> None:
     assert "'big'" in msg and "11 bytes" in msg and "10 bytes" in msg
     st = cache.stats()
     assert "big" not in cache and st.resident_bytes == 0 and st.loads == 1
+    assert released == [("big", "big")]  # loaded, refused, received by nobody: its owner may close it
 
 
 def test_prefetch_counts_as_load_not_miss_and_bypasses_rejection() -> None:
