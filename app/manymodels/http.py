@@ -271,6 +271,8 @@ async def _predict(plane: DataPlane, served: ServedModel, input_data: Any) -> An
     outputs = await plane.infer(served, inputs)
     try:
         return processor.postprocess(outputs)
+    except ManyModelsError:
+        raise
     except Exception as exc:
         where = f"model {served.manifest.name} version {served.manifest.version}"
         raise InferenceError(f"{where}: post-processing failed: {type(exc).__name__}: {exc}") from exc

@@ -583,3 +583,32 @@ def test_a_remote_store_is_opened_once_and_refreshed_in_place(
 
 def disk_shas(root: Path) -> set[str]:
     return {json.loads(m.read_text())["sha256"] for m in root.glob("*/*/manifest.json")}
+
+
+def test_changing_only_the_refresh_interval_keeps_everything_resident(demo_catalog: Path) -> None:
+    config = make_config(demo_catalog)
+    faster = make_config(demo_catalog, store={"uri": str(demo_catalog), "refresh_interval_s": 0.05})
+
+    async def scenario(plane: DataPlane) -> None:
+        await version_of(plane, "mlp-001")
+        store = plane.live.store
+        await plane.reconfigure(faster)
+        assert "mlp-001:1" in plane.cache and plane.live.store is store
+        await wait_for(lambda: plane.live.refreshes > 0)  # polling turned on live
+
+    run(config, scenario)
+
+
+def test_a_model_the_cache_does_not_admit_serves_every_waiter_then_closes(
+    demo_catalog: Path, close_counter: list[str]
+) -> None:
+    async def scenario(plane: DataPlane) -> None:
+        plane.cache._policy.admit = lambda *args: False  # type: ignore[method-assign]
+        versions = await asyncio.gather(*(version_of(plane, "mlp-002") for _ in range(5)))
+        assert versions == ["1"] * 5
+        assert plane.cache.stats().loads == 1  # one load shared by all five, none reloaded
+        assert "mlp-002:1" not in plane.cache
+        gc.collect()
+        assert close_counter == ["mlp-002:1"]  # closed once its last request dropped it
+
+    run(make_config(demo_catalog), scenario)

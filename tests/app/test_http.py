@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.config import ServerConfig
 from manymodels.dataplane import DataPlane
-from manymodels.errors import ConfigurationError
+from manymodels.errors import ConfigurationError, InvalidRequest
 from manymodels.http import build_http_app
 from manymodels.processors import Processor
 from manymodels.store import publish_version
@@ -1071,5 +1071,21 @@ def test_a_processor_that_does_not_import_is_refused_when_the_config_is_applied(
         assert plane.config == config  # nothing of the refused config was applied
         ok = await client.post("/predict", json={"input_data": "a fine day"})
         assert ok.status_code == 200, ok.text
+
+    serve(config, scenario)
+
+
+class RefusingPostprocessor(Processor):
+    def postprocess(self, outputs: dict[str, Any]) -> Any:
+        raise InvalidRequest("this model only answers for rows that sum to zero")
+
+
+def test_a_processor_refusal_in_postprocess_keeps_its_status(demo_catalog: Path) -> None:
+    options = {"processor": f"{__name__}:RefusingPostprocessor"}
+    config = make_config(demo_catalog, models={"text-sentiment": TEXT_OPTIONS, "mlp-001": options})
+
+    async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
+        response = await client.post("/predict", json={"model": "mlp-001", "input_data": ROW})
+        assert_error(response, 400, "only answers for rows that sum to zero")
 
     serve(config, scenario)

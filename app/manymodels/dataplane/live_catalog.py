@@ -26,6 +26,10 @@ def config_aliases(config: ServerConfig) -> dict[str, dict[str, str]]:
     return {m: dict(o.aliases) for m, o in config.models.items()}
 
 
+def _store_key(config: StoreConfig) -> str:
+    return config.model_dump_json(exclude={"refresh_interval_s"})
+
+
 class LiveCatalog:
     def __init__(self, config: ServerConfig) -> None:
         self._stores: dict[str, ModelStore] = {}
@@ -36,7 +40,7 @@ class LiveCatalog:
         self.refreshes = 0
 
     def _store(self, config: StoreConfig) -> ModelStore:
-        key = config.model_dump_json(exclude={"refresh_interval_s"})
+        key = _store_key(config)
         store = self._stores.get(key)
         if store is None:
             store = self._stores[key] = open_store(
@@ -75,8 +79,10 @@ class LiveCatalog:
         self.catalog.set_aliases(aliases)
 
     def switch_store(self, config: StoreConfig) -> bool:
-        """Point at another store config (a kept one if seen before); True if it changed."""
-        if config == self.store_config:
+        """Point at another store config (a kept one if seen before); True if it changed. A change of
+        ``refresh_interval_s`` alone is no store change (``poll`` reads it each round)."""
+        if _store_key(config) == _store_key(self.store_config):
+            self.store_config = config
             return False
         store = self._store(config)
         if store is not self.catalog.store:

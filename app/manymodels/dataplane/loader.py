@@ -20,6 +20,7 @@ from manymodels.dataplane.live_catalog import LiveCatalog
 from manymodels.dataplane.served import ServedModel
 from manymodels.errors import (
     ArtifactIntegrityError,
+    CacheFull,
     ConfigurationError,
     ManyModelsError,
     ModelLoadError,
@@ -75,14 +76,18 @@ class ModelLoader:
                 raise failed
             try:
                 served = await self.cache.get_or_load(key, lambda: self._load(model, version, options))
-            except (ArtifactIntegrityError, ModelLoadError, ConfigurationError) as exc:
+            except (ArtifactIntegrityError, ModelLoadError, ConfigurationError, CacheFull) as exc:
                 self._failed[key] = (time.monotonic() + FAILED_LOAD_BACKOFF_S, exc)
                 raise
-            if key not in self.cache:  # loaded but not admitted: closed once its callers are done
-                served.retired = True
+            # Not admitted by the cache: every waiter of this load still gets it, and it closes when
+            # the last of them drops it (ServedModel.__del__).
             if served.acquire():
                 return served
         raise ModelLoadError(f"model {model} version {version} keeps leaving the cache")
+
+    def budget_changed(self) -> None:
+        """A model refused as too big for the old budget may fit the new one: retry it at once."""
+        self._failed = {k: f for k, f in self._failed.items() if not isinstance(f[1], CacheFull)}
 
     async def prefetch(self, model: str, version: str, *, retry: bool = False) -> None:
         if retry:
@@ -92,7 +97,8 @@ class ModelLoader:
     def unload(self, model: str | None = None) -> int:
         """Drop every resident version of ``model`` (all models if None); closed once unused."""
         keys = [k for k, _ in self.cache.resident() if model is None or k.partition(":")[0] == model]
-        if model is None:
+        if model is None:  # a store switch: loads still running from the old store are not kept either
+            keys += self.cache.loading_keys()
             self._failed.clear()
         return sum(self.cache.discard(k) for k in keys)
 

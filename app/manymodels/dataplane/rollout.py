@@ -53,6 +53,7 @@ class Rollout:
             self.config = self.loader.config = config
             self.apply_pins()  # before the resize, so models unpinned here can be evicted
             self.loader.cache.resize(config.cache.capacity_bytes)
+            self.loader.budget_changed()
 
     async def _warm_moved_aliases(self, new: ServerConfig) -> dict[str, dict[str, str]]:
         """Load each moved alias's new target before the switch; keep the old target on failure."""

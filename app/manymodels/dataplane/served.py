@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -51,6 +52,12 @@ class ServedModel:
         self.retired = True
         if self.users == 0:
             self.close()
+
+    def __del__(self) -> None:
+        # A model the cache did not admit is never retired: it closes when its last request drops it.
+        if not self.closed:
+            with contextlib.suppress(Exception):  # also at interpreter exit
+                self.close()
 
     def close(self) -> None:
         if not self.closed:
