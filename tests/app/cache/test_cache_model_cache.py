@@ -117,13 +117,15 @@ def test_frequent_small_model_survives_a_one_off_scan() -> None:
 
 
 def test_rejected_admission_still_returns_the_value() -> None:
-    cache: ModelCache[str] = ModelCache(2)
+    # A fake clock: with the wall clock the load costs (and so admission) varied with machine load.
+    clock = FakeClock()
+    cache: ModelCache[str] = ModelCache(2, clock=clock)
 
     async def main() -> str:
         for _ in range(5):
-            await cache.get_or_load("a", loader("a", 1))
-            await cache.get_or_load("b", loader("b", 1))
-        return await cache.get_or_load("newcomer", loader("N", 1))
+            await cache.get_or_load("a", loader("a", 1, clock=clock, cost=1.0))
+            await cache.get_or_load("b", loader("b", 1, clock=clock, cost=1.0))
+        return await cache.get_or_load("newcomer", loader("N", 1, clock=clock, cost=1.0))
 
     assert run(main()) == "N"
     st = cache.stats()
