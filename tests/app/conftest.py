@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from manymodels.demo.catalog import build_demo_catalog
@@ -24,3 +27,16 @@ def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with_torch = importlib.util.find_spec("torch") is not None
     build_demo_catalog(root, n_mlp=6, with_torch=with_torch, seed=0)
     return root
+
+
+@pytest.fixture
+def mem_root() -> Iterator[str]:
+    """A private prefix in fsspec's process-wide memory filesystem, dropped afterwards."""
+    bucket = f"manymodels-test-{uuid.uuid4().hex}"
+    yield f"memory://{bucket}/store"
+    # MemoryFileSystem.rm is quadratic in the number of files; drop the prefix from its tables.
+    fs = fsspec.filesystem("memory")
+    top = f"/{bucket}"
+    for key in [k for k in fs.store if k == top or k.startswith(top + "/")]:
+        del fs.store[key]
+    fs.pseudo_dirs[:] = [d for d in fs.pseudo_dirs if not (d == top or d.startswith(top + "/"))]

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -35,18 +34,6 @@ def no_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("publish/alias went through run_supervised")
 
     monkeypatch.setattr(manymodels.cli, "run_supervised", refuse)
-
-
-@pytest.fixture
-def mem_root() -> Iterator[str]:
-    """A private prefix in fsspec's process-wide memory filesystem, dropped afterwards."""
-    bucket = f"manymodels-cli-{uuid.uuid4().hex}"
-    yield f"memory://{bucket}/models"
-    fs = fsspec.filesystem("memory")
-    top = f"/{bucket}"
-    for key in [k for k in fs.store if k == top or k.startswith(top + "/")]:
-        del fs.store[key]
-    fs.pseudo_dirs[:] = [d for d in fs.pseudo_dirs if not (d == top or d.startswith(top + "/"))]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import fsspec
 import pytest
 import store_servers
 
@@ -52,19 +51,6 @@ def store_root(tmp_path: Path) -> Path:
     root = tmp_path / "store"
     root.mkdir()
     return root
-
-
-@pytest.fixture
-def mem_root() -> Iterator[str]:
-    """A private prefix in fsspec's process-wide memory filesystem."""
-    bucket = f"manymodels-test-{uuid.uuid4().hex}"
-    yield f"memory://{bucket}/store"
-    # MemoryFileSystem.rm is quadratic in the number of files; drop the prefix from its tables.
-    fs = fsspec.filesystem("memory")
-    top = f"/{bucket}"
-    for key in [k for k in fs.store if k == top or k.startswith(top + "/")]:
-        del fs.store[key]
-    fs.pseudo_dirs[:] = [d for d in fs.pseudo_dirs if not (d == top or d.startswith(top + "/"))]
 
 
 # -- real object-store servers (store_servers.py): one per kind for the session, started on first use
