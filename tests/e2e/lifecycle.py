@@ -300,7 +300,8 @@ def assert_container(pod: dict, resources: dict, gpus: int, node_selector: dict,
 
 def install_and_check(label: str, ns: str, args: list[str]) -> None:
     t = time.monotonic()
-    helm("install", "mm", str(ROOT), "-n", ns, "--create-namespace", *args)
+    notes = helm("install", "mm", str(ROOT), "-n", ns, "--create-namespace", *args)
+    assert "WARNING: no node can take" not in notes, notes
     values = computed_values("mm", ns)
     cluster = check_cluster(ns, values)
     groups = {
@@ -333,17 +334,111 @@ def install_matrix() -> None:
             kubectl("-n", ns, "delete", "pvc", "--all", "--wait=false")
 
 
+# ---------------------------------------------------------------------------------- node shapes
+SHAPES = ROOT / "ci" / "node-shapes.yaml"
+
+
+def millicores(q: str) -> int:
+    return int(q[:-1]) if q.endswith("m") else int(float(q) * 1000)
+
+
+def mebibytes(q: str) -> int:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
+    for suffix, factor in units.items():
+        if q.endswith(suffix):
+            return int(float(q[: -len(suffix)]) * factor)
+    return int(q) // 2**20
+
+
+def shape_node(name: str, shape: dict, daemonsets: dict) -> dict:
+    """A kwok node offering pods exactly what the shape's allocatable leaves after the DaemonSets."""
+    taints = [{"value": "", **t} for t in shape.get("taints", [])]
+    n = node(name, shape["labels"], taints, shape.get("gpus", 0))
+    free = {
+        "cpu": f"{millicores(shape['allocatable']['cpu']) - millicores(daemonsets['cpu'])}m",
+        "memory": f"{mebibytes(shape['allocatable']['memory']) - mebibytes(daemonsets['memory'])}Mi",
+        "pods": "110",
+        "ephemeral-storage": "100Gi",
+    }
+    if shape.get("gpus"):
+        free["nvidia.com/gpu"] = str(shape["gpus"])
+    n["status"] = {"capacity": free, "allocatable": free}
+    return n
+
+
+def check_docs_table(shapes: dict) -> None:
+    """docs/chart.md's "GPU node shapes" table shows every shape with this file's numbers."""
+    doc = (ROOT / "docs" / "chart.md").read_text()
+    for cloud, spec in shapes.items():
+        for shape in [spec["cpu_pool"], *spec["gpu"]]:
+            a = shape["allocatable"]
+            row = f"| {cloud} | {shape['name']} |"
+            line = next((ln for ln in doc.splitlines() if ln.startswith(row)), None)
+            assert line is not None, f"docs/chart.md has no row starting {row!r}"
+            assert f"{a['cpu']} / {a['memory']}" in line, (line, a)
+
+
+def node_shapes() -> None:
+    """Every cloud file, on each GPU shape of ci/node-shapes.yaml (plus its CPU pool for the head and
+    CPU workers), with as many GPU workers as the node has GPUs: every pod is scheduled."""
+    shapes = yaml.safe_load(SHAPES.read_text())
+    check_docs_table(shapes)
+    nodes, cases = [], []
+    for cloud, spec in shapes.items():
+        pool = spec["cpu_pool"]
+        nodes.append(shape_node(f"shape-{cloud}-cpu-pool", pool, spec["daemonsets"]))
+        for i, shape in enumerate(spec["gpu"]):
+            nodes.append(shape_node(f"shape-{cloud}-gpu-{i}", shape, spec["daemonsets"]))
+            cases.append((cloud, i, spec, shape))
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
+    say(f"{len(nodes)} kwok nodes shaped as in ci/node-shapes.yaml")
+    key = "node\\.kubernetes\\.io/instance-type"
+    for cloud, i, spec, shape in cases:
+        ns = f"e2e-shape-{cloud}-{i}"
+        pool_type = spec["cpu_pool"]["labels"]["node.kubernetes.io/instance-type"]
+        gpu_type = shape["labels"]["node.kubernetes.io/instance-type"]
+        gpus = shape["gpus"]
+        args = ["-f", str(ROOT / spec["values"]), "--set", f"workerGroups.gpu.replicas={gpus}"]
+        args += ["--set", f"workerGroups.gpu.maxReplicas={max(gpus, 2)}"]
+        # pin each pod to this case's nodes (the instance-type label every cloud sets)
+        pins = {"head": pool_type, "workerGroups.cpu": pool_type, "workerGroups.gpu": gpu_type}
+        for path, kind in pins.items():
+            args += ["--set", f"{path}.nodeSelector.{key}={kind}"]
+        install_and_check(f"values/{cloud}.yaml on {shape['name']}", ns, args)
+        say(uninstall_and_check(ns, keep_pvc=False))
+    too_big(cases[0][2], cases[0][3], key)
+
+
+def too_big(spec: dict, shape: dict, key: str) -> None:
+    """A GPU worker bigger than the node type it selects is reported by `helm install` itself."""
+    ns = "e2e-shape-too-big"
+    cpu = millicores(shape["allocatable"]["cpu"]) + 1000
+    out = helm(
+        "install", "mm", str(ROOT), "-n", ns, "--create-namespace", "-f", str(ROOT / spec["values"]),
+        "--set", "workerGroups.gpu.replicas=1",
+        "--set", f"workerGroups.gpu.nodeSelector.{key}={shape['labels']['node.kubernetes.io/instance-type']}",
+        "--set", f"workerGroups.gpu.resources.requests.cpu={cpu}m",
+        "--set", f"workerGroups.gpu.resources.limits.cpu={cpu}m",
+    )  # fmt: skip
+    assert "WARNING: no node can take a gpu worker pod" in out, out
+    assert "head pod" not in out and "cpu worker" not in out, out
+    say(f"a {cpu}m GPU worker on {shape['name']}: helm install warned {out.split('WARNING: ')[1][:90]!r}...")
+    say(uninstall_and_check(ns, keep_pvc=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=["operator-chart", "install-matrix"], required=True)
+    parser.add_argument("--phase", choices=["operator-chart", "install-matrix", "node-shapes"], required=True)
     args = parser.parse_args(argv)
     t = time.monotonic()
     if args.phase == "operator-chart":
         create_nodes()
         operator_chart()
         server_side_dry_run()
-    else:
+    elif args.phase == "install-matrix":
         install_matrix()
+    else:
+        node_shapes()
     say(f"phase {args.phase} PASSED in {time.monotonic() - t:.1f} s")
     return 0
 
