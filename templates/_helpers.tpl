@@ -150,4 +150,16 @@ Cross-field checks JSON Schema cannot express. Called from every template that d
 {{- if and (not .Values.modelStore.pvc.enabled) (not .Values.modelServer.userConfig.store.uri) }}
 {{- fail "modelServer.userConfig.store.uri is required unless modelStore.pvc.enabled (a PVC mounted at modelStore.pvc.mountPath)" }}
 {{- end }}
+{{- /* The cloud files leave the identity and account values empty for you to fill in: an empty one
+would install fine and then fail every model read with 401/403, so it fails the render instead. */}}
+{{- range $key, $value := .Values.serviceAccount.annotations }}
+{{- if and (kindIs "string" $value) (not $value) }}
+{{- fail (printf "serviceAccount.annotations.%s is empty: set the workload identity the pods run as, e.g. --set serviceAccount.annotations.\"%s\"=...; or delete the line from your copy of the cloud file (docs/storage.md)" $key (replace "." "\\." $key)) }}
+{{- end }}
+{{- end }}
+{{- range $key, $value := (.Values.modelServer.userConfig.store.storage_options | default dict) }}
+{{- if and (kindIs "string" $value) (not $value) }}
+{{- fail (printf "modelServer.userConfig.store.storage_options.%s is empty: set it, or delete it from your copy of the cloud file (docs/storage.md)" $key) }}
+{{- end }}
+{{- end }}
 {{- end }}

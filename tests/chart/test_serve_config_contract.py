@@ -69,6 +69,9 @@ def render(
     ]
     if values_file:
         cmd += ["-f", str(ROOT / values_file)]
+        site = ROOT / "ci" / "sites" / Path(values_file).name  # what a user adds to a cloud file
+        if values_file.startswith("values/") and site.exists():
+            cmd += ["-f", str(site)]
     if overrides:
         assert tmp_path is not None
         extra = tmp_path / "overrides.yaml"

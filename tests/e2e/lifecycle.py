@@ -140,7 +140,7 @@ def server_side_dry_run() -> None:
         # CRDs are not in the dry-run: the operator-chart step installed them through Helm already
         args = ["template", "mm", str(ROOT), "-n", "default"]
         if extra:
-            args += ["-f", extra]
+            args += ["-f", extra, *site_args(extra)]
         manifest = helm(*args)
         # namespaced objects go to an existing namespace; strict field validation rejects unknown fields
         kubectl("apply", "--dry-run=server", "--validate=strict", "-n", "default", "-f", "-", input=manifest)
@@ -316,11 +316,18 @@ def install_and_check(label: str, ns: str, args: list[str]) -> None:
     )
 
 
+def site_args(values_file: str) -> list[str]:
+    """A cloud file comes with what a user adds to it (ci/sites/<cloud>.yaml: the identity and bucket
+    it leaves empty, without which it does not render by design)."""
+    site = ROOT / "ci" / "sites" / Path(values_file).name
+    return ["-f", str(site)] if site.exists() else []
+
+
 def install_matrix() -> None:
     cases = [("default values", "e2e-default", [])]
     for path in CLOUD_FILES:
         stem = Path(path).stem
-        args = ["-f", path]
+        args = ["-f", path, *site_args(path)]
         values = yaml.safe_load(Path(path).read_text()) or {}
         gpu = (values.get("workerGroups") or {}).get("gpu") or {}
         if gpu.get("enabled"):
@@ -398,7 +405,8 @@ def node_shapes() -> None:
         pool_type = spec["cpu_pool"]["labels"]["node.kubernetes.io/instance-type"]
         gpu_type = shape["labels"]["node.kubernetes.io/instance-type"]
         gpus = shape["gpus"]
-        args = ["-f", str(ROOT / spec["values"]), "--set", f"workerGroups.gpu.replicas={gpus}"]
+        values = str(ROOT / spec["values"])
+        args = ["-f", values, *site_args(values), "--set", f"workerGroups.gpu.replicas={gpus}"]
         args += ["--set", f"workerGroups.gpu.maxReplicas={max(gpus, 2)}"]
         # pin each pod to this case's nodes (the instance-type label every cloud sets)
         pins = {"head": pool_type, "workerGroups.cpu": pool_type, "workerGroups.gpu": gpu_type}
@@ -415,6 +423,7 @@ def too_big(spec: dict, shape: dict, key: str) -> None:
     cpu = millicores(shape["allocatable"]["cpu"]) + 1000
     out = helm(
         "install", "mm", str(ROOT), "-n", ns, "--create-namespace", "-f", str(ROOT / spec["values"]),
+        *site_args(str(ROOT / spec["values"])),
         "--set", "workerGroups.gpu.replicas=1",
         "--set", f"workerGroups.gpu.nodeSelector.{key}={shape['labels']['node.kubernetes.io/instance-type']}",
         "--set", f"workerGroups.gpu.resources.requests.cpu={cpu}m",
