@@ -59,6 +59,43 @@ app.kubernetes.io/component: {{ $component }}
 {{- end }}
 {{- end }}
 
+{{/*
+Annotations of a Ray pod: (list $root $group "head"|"worker"). The identity checksum changes whenever
+the ServiceAccount's annotations or name change: EKS and AKS inject workload identity only when a pod
+is created, so such a change must build new pods (it changes the RayCluster spec, and KubeRay builds a
+new cluster), not wait for the next unrelated rebuild. The head is marked not-to-be-evicted by the
+cluster autoscaler and Karpenter (a drained head stops serving until it is back). Values win.
+*/}}
+{{- define "manymodels.rayPodAnnotations" -}}
+{{- $root := index . 0 }}{{ $g := index . 1 }}{{ $role := index . 2 -}}
+{{- $identity := dict "name" (include "manymodels.serviceAccountName" $root) "annotations" $root.Values.serviceAccount.annotations -}}
+{{- $chart := dict "manymodels.io/identity-checksum" (toJson $identity | sha256sum) -}}
+{{- if eq $role "head" -}}
+{{- $_ := set $chart "cluster-autoscaler.kubernetes.io/safe-to-evict" "false" -}}
+{{- $_ := set $chart "karpenter.sh/do-not-disrupt" "true" -}}
+{{- end -}}
+{{- toYaml (merge (dict) (default dict $g.annotations) (default dict $root.Values.podAnnotations) $chart) -}}
+{{- end }}
+
+{{/*
+rayStartParams of a Ray pod: (list $root $group). Unless set, object-store-memory is Ray's own default
+(30% of the container's memory limit) capped at 90% of /dev/shm (shmSizeLimit): a store bigger than
+/dev/shm would make Ray fall back to a disk-backed /tmp store, much slower.
+*/}}
+{{- define "manymodels.rayStartParams" -}}
+{{- $root := index . 0 }}{{ $g := index . 1 -}}
+{{- $params := deepCopy (default dict $g.rayStartParams) -}}
+{{- $mem := dig "limits" "memory" "" (default dict $g.resources) -}}
+{{- if and (not (hasKey $params "object-store-memory")) $mem -}}
+{{- $shm := include "manymodels.bytes" $root.Values.shmSizeLimit | int64 -}}
+{{- $store := min (div (mul (include "manymodels.bytes" $mem | int64) 3) 10) (div (mul $shm 9) 10) -}}
+{{- $_ := set $params "object-store-memory" $store -}}
+{{- end -}}
+{{- range $k, $val := $params }}
+{{ $k }}: {{ toString $val | quote }}
+{{- end }}
+{{- end }}
+
 {{/* The Ray container + pod spec shared by head and workers: (list $root $group "head"|"worker"). */}}
 {{- define "manymodels.rayPodSpec" -}}
 {{- $root := index . 0 }}{{ $g := index . 1 }}{{ $role := index . 2 -}}
@@ -167,17 +204,13 @@ gcsFaultToleranceOptions:
 {{- end }}
 headGroupSpec:
   rayStartParams:
-    {{- range $k, $val := $v.head.rayStartParams }}
-    {{ $k }}: {{ toString $val | quote }}
-    {{- end }}
+    {{- include "manymodels.rayStartParams" (list . $v.head) | trim | nindent 4 }}
   template:
     metadata:
       labels:
         {{- include "manymodels.rayPodLabels" (list . "ray-head" $v.head.labels) | nindent 8 }}
-      {{- with (merge (dict) $v.head.annotations $v.podAnnotations) }}
       annotations:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
+        {{- include "manymodels.rayPodAnnotations" (list . $v.head "head") | nindent 8 }}
     spec:
       {{- include "manymodels.rayPodSpec" (list . $v.head "head") | nindent 6 }}
 workerGroupSpecs:
@@ -187,19 +220,14 @@ workerGroupSpecs:
     replicas: {{ default $g.minReplicas $g.replicas }}
     minReplicas: {{ $g.minReplicas }}
     maxReplicas: {{ $g.maxReplicas }}
-    rayStartParams:
-      {{- range $k, $val := $g.rayStartParams }}
-      {{ $k }}: {{ toString $val | quote }}
-      {{- else }} {}
-      {{- end }}
+    {{- $params := include "manymodels.rayStartParams" (list $ $g) }}
+    rayStartParams:{{ if trim $params }}{{ $params | trim | nindent 6 }}{{ else }} {}{{ end }}
     template:
       metadata:
         labels:
           {{- include "manymodels.rayPodLabels" (list $ "ray-worker" (merge (dict "manymodels.io/worker-group" $name) (default dict $g.labels))) | nindent 10 }}
-        {{- with (merge (dict) (default dict $g.annotations) $v.podAnnotations) }}
         annotations:
-          {{- toYaml . | nindent 10 }}
-        {{- end }}
+          {{- include "manymodels.rayPodAnnotations" (list $ $g "worker") | nindent 10 }}
       spec:
         {{- include "manymodels.rayPodSpec" (list $ $g "worker") | nindent 8 }}
   {{- end }}
