@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -610,5 +611,36 @@ def test_a_model_the_cache_does_not_admit_serves_every_waiter_then_closes(
         assert "mlp-002:1" not in plane.cache
         gc.collect()
         assert close_counter == ["mlp-002:1"]  # closed once its last request dropped it
+
+    run(make_config(demo_catalog), scenario)
+
+
+def test_listing_a_model_for_the_first_time_does_not_block_other_requests(demo_catalog: Path) -> None:
+    async def scenario(plane: DataPlane) -> None:
+        await version_of(plane, "mlp-001")  # listed and resident
+        store = plane.live.store
+        real_scan = store._scan_versions
+
+        def slow_scan(model: str) -> list[str] | None:
+            if model == "mlp-002":
+                time.sleep(0.5)  # an object store's LIST on a bad day
+            return real_scan(model)
+
+        store._scan_versions = slow_scan  # type: ignore[method-assign]
+        assert not store.memoised("mlp-002", None) and store.memoised("mlp-001", None)
+        done: list[str] = []
+
+        async def request(model: str) -> None:
+            await version_of(plane, model)
+            done.append(model)
+
+        slow = asyncio.create_task(request("mlp-002"))
+        await asyncio.sleep(0.05)  # mlp-002's listing is under way
+        started = time.perf_counter()
+        await request("mlp-001")
+        assert time.perf_counter() - started < 0.3  # the loop kept serving
+        await slow
+        assert done == ["mlp-001", "mlp-002"]
+        assert store.memoised("mlp-002", None)
 
     run(make_config(demo_catalog), scenario)

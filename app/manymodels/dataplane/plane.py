@@ -87,7 +87,11 @@ class DataPlane:
     async def acquire(self, model: str, ref: str | None) -> ServedModel:
         """The version ``ref`` names (or, if it cannot load, the one that last answered for it),
         held for the caller until ``release()``."""
-        version = self.live.resolve(model, ref)
+        if self.live.store.memoised(model, ref):
+            version = self.live.resolve(model, ref)
+        else:  # the first look at this model lists the store: never on the serving loop
+            loop = asyncio.get_running_loop()
+            version = await loop.run_in_executor(None, self.live.resolve, model, ref)
         try:
             served = await self.loader.get(model, version)
         except (ArtifactIntegrityError, ModelLoadError) as exc:

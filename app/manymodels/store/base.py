@@ -84,6 +84,19 @@ class ModelStore(ABC):
         """O(1) membership test against the memoised listing."""
         return model in self._model_memo()[1]
 
+    def memoised(self, model: str, ref: str | None) -> bool:
+        """Whether resolving ``model``/``ref`` (Catalog.resolve) needs no store round trip, so that it
+        may run on an event loop; False means: resolve it in a thread."""
+        memo = self._models
+        if memo is None:
+            return False
+        if model not in memo[1]:
+            return True  # refused from the memo
+        versions = self._versions.get(model)
+        if versions is None:
+            return False
+        return (ref is not None and ref in versions) or model in self._aliases
+
     def list_versions(self, model: str) -> list[str]:
         validate_name("model", model)
         versions = self._versions.get(model)
