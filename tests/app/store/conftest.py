@@ -1,16 +1,12 @@
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import store_servers
 
-from manymodels.store import ModelManifest, TensorSpec, publish_version
-
-INPUTS = [TensorSpec(name="x", dtype="float32", shape=[-1, 4])]
-OUTPUTS = [TensorSpec(name="y", dtype="float32", shape=[-1, 2])]
+from manymodels.store import ModelManifest
 
 Publish = Callable[..., ModelManifest]
 
@@ -29,19 +25,8 @@ def publish(tmp_path: Path) -> Publish:
         name: str = "model.onnx",
         **kwargs: object,
     ) -> ModelManifest:
-        src = sources / uuid.uuid4().hex / name
-        src.parent.mkdir()
-        src.write_bytes(data if data is not None else f"{model}:{version}".encode() * 100)
-        return publish_version(
-            root,
-            model,
-            version,
-            runtime="onnx",
-            artifact=src,
-            inputs=INPUTS,
-            outputs=OUTPUTS,
-            **kwargs,
-        )
+        data = data if data is not None else f"{model}:{version}".encode() * 100
+        return store_servers.publish_file(root, model, version, data, sources, name=name, **kwargs)
 
     return _publish
 

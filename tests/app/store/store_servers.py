@@ -53,9 +53,7 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).
 AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 READY_TIMEOUT_S = 60.0
 
 
@@ -71,9 +69,7 @@ def executable(env_var: str, what: str) -> str:
     puts it (the same tool cache, asked without installing anything)."""
     path = os.environ.get(env_var)
     if not path:
-        found = subprocess.run(
-            ["bash", str(SCRIPT), "env"], capture_output=True, text=True, check=False
-        )
+        found = subprocess.run(["bash", str(SCRIPT), "env"], capture_output=True, text=True, check=False)
         for line in found.stdout.splitlines():
             words = shlex.split(line)
             if len(words) == 2 and words[0] == "export" and words[1].startswith(f"{env_var}="):
@@ -460,6 +456,26 @@ INPUTS = [TensorSpec(name="x", dtype="float32", shape=[-1, 4])]
 OUTPUTS = [TensorSpec(name="y", dtype="float32", shape=[-1, 2])]
 
 
+def publish_file(
+    root: str | Path,
+    model: str,
+    version: str,
+    data: bytes,
+    sources: Path,
+    *,
+    name: str = "model.onnx",
+    **kwargs: Any,
+) -> ModelManifest:
+    """publish_version (runtime onnx, INPUTS -> OUTPUTS) of ``data``, written first to a fresh file
+    ``name`` under ``sources`` (publishing copies from a real file)."""
+    src = sources / uuid.uuid4().hex / name
+    src.parent.mkdir(parents=True)
+    src.write_bytes(data)
+    return publish_version(
+        root, model, version, runtime="onnx", artifact=src, inputs=INPUTS, outputs=OUTPUTS, **kwargs
+    )
+
+
 def onnx_model(seed: int) -> bytes:
     """A small real ONNX model (x [-1, 4] -> y [-1, 2], an MLP); each seed gives different bytes."""
     rng = np.random.default_rng(seed)
@@ -495,17 +511,12 @@ class StoreRoot:
         if data is None:
             self._seeds += 1
             data = onnx_model(self._seeds)
-        src = self.tmp / "sources" / uuid.uuid4().hex / "model.onnx"
-        src.parent.mkdir(parents=True)
-        src.write_bytes(data)
-        return publish_version(
+        return publish_file(
             self.root,
             model,
             version,
-            runtime="onnx",
-            artifact=src,
-            inputs=INPUTS,
-            outputs=OUTPUTS,
+            data,
+            self.tmp / "sources",
             storage_options=self.storage_options,
             **kwargs,
         )
