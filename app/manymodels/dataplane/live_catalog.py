@@ -94,16 +94,30 @@ class LiveCatalog:
     async def refresh(self, warm: Warm) -> None:
         """One round: list the store again, warm every reference whose target moved, swap in."""
         loop = asyncio.get_running_loop()
-        fresh = self.catalog.over(await loop.run_in_executor(None, self.catalog.store.fork))
-        for (model, ref), current in list(self._answered.items()):
+        # Listing is blocking I/O: the whole fresh view is built in one thread hop, not one per model.
+        fresh, moved = await loop.run_in_executor(None, self._relist, list(self._answered.items()))
+        for model, version, current in moved:
             try:
-                version = await loop.run_in_executor(None, fresh.resolve, model, ref)
-                if version != current:
-                    await warm(model, version, current)
+                await warm(model, version, current)
             except ManyModelsError as exc:  # the request path falls back to `current`
-                log.warning("store refresh: %s %s: %s", model, ref or "latest", exc)
+                log.warning("store refresh: %s %s: %s", model, version, exc)
         self.catalog = fresh
         self.refreshes += 1
+
+    def _relist(self, answered: list[tuple[Ref, str]]) -> tuple[Catalog, list[tuple[str, str, str]]]:
+        """A fresh view of the store and every (model, new target, current) among ``answered``
+        (a snapshot taken on the loop, which keeps recording answers meanwhile)."""
+        fresh = self.catalog.over(self.catalog.store.fork())
+        moved = []
+        for (model, ref), current in answered:
+            try:
+                version = fresh.resolve(model, ref)
+            except ManyModelsError as exc:  # the request path falls back to `current`
+                log.warning("store refresh: %s %s: %s", model, ref or "latest", exc)
+                continue
+            if version != current:
+                moved.append((model, version, current))
+        return fresh, moved
 
     async def poll(self, interval_s: Callable[[], float], warm: Warm) -> None:
         """Refresh every ``interval_s()`` seconds (read each round: reconfigure may change it)."""
