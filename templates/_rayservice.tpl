@@ -87,8 +87,10 @@ rayStartParams of a Ray pod: (list $root $group). Unless set, object-store-memor
 {{- $params := deepCopy (default dict $g.rayStartParams) -}}
 {{- $mem := dig "limits" "memory" "" (default dict $g.resources) -}}
 {{- if and (not (hasKey $params "object-store-memory")) $mem -}}
-{{- $shm := include "manymodels.bytes" $root.Values.shmSizeLimit | int64 -}}
-{{- $store := min (div (mul (include "manymodels.bytes" $mem | int64) 3) 10) (div (mul $shm 9) 10) -}}
+{{- /* manymodels.mebibytes (templates/_fit.tpl) reads any Kubernetes quantity, "1.5Gi" included */ -}}
+{{- $memBytes := mulf (include "manymodels.mebibytes" $mem | float64) 1048576.0 | int64 -}}
+{{- $shm := mulf (include "manymodels.mebibytes" $root.Values.shmSizeLimit | float64) 1048576.0 | int64 -}}
+{{- $store := min (div (mul $memBytes 3) 10) (div (mul $shm 9) 10) -}}
 {{- $_ := set $params "object-store-memory" $store -}}
 {{- end -}}
 {{- range $k, $val := $params }}
