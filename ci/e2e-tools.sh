@@ -34,7 +34,9 @@ KUBE_DIR=$TOOLS/kubernetes-v$KUBE_VERSION-$(files_key "$ROOT"/ci/e2e/k8s/go.{mod
 ETCD_DIR=$TOOLS/etcd-$ETCD_VERSION-$(files_key "$ROOT"/ci/e2e/etcd/go.{mod,sum})
 COREDNS_DIR=$TOOLS/coredns-$COREDNS_VERSION-$(files_key "$ROOT"/ci/e2e/coredns/{go.mod,go.sum,main.go})
 KWOK_DIR=$TOOLS/kwok-$KWOK_VERSION
-MONITORING_DIR=$TOOLS/monitoring-crds-$PROMETHEUS_OPERATOR_VERSION
+# the CRDs of what ci/full-values.yaml renders; the directory names them, so adding one refetches
+MONITORING_CRDS=(podmonitors prometheusrules servicemonitors)
+MONITORING_DIR=$TOOLS/monitoring-crds-$PROMETHEUS_OPERATOR_VERSION-$(IFS=-; echo "${MONITORING_CRDS[*]}")
 
 print_env() {
   local helm_path kuberay_dir
@@ -103,9 +105,9 @@ build_kuberay() {
 }
 
 copy_monitoring_crds() {
-  local dir
+  local dir crd
   dir=$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
-  cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{podmonitors,servicemonitors}.yaml "$STAGE/"
+  for crd in "${MONITORING_CRDS[@]}"; do cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$crd.yaml" "$STAGE/"; done
   chmod u+w "$STAGE"/*.yaml
 }
 
@@ -121,7 +123,7 @@ KUBERAY_VERSION=$(kuberay_version kuberay_built)
 "$ROOT/ci/chart-tools.sh" >/dev/null   # helm (cached)
 install_once "$TOOLS/kuberay-operator-$KUBERAY_VERSION" "KubeRay operator $KUBERAY_VERSION + CRDs" build_kuberay
 install_once "$KWOK_DIR" "kwok $KWOK_VERSION" build_kwok
-install_once "$MONITORING_DIR" "PodMonitor/ServiceMonitor CRDs (prometheus-operator $PROMETHEUS_OPERATOR_VERSION)" \
+install_once "$MONITORING_DIR" "${MONITORING_CRDS[*]} CRDs (prometheus-operator $PROMETHEUS_OPERATOR_VERSION)" \
   copy_monitoring_crds
 install_once "$ETCD_DIR" "etcd $ETCD_VERSION" build_etcd
 install_once "$KUBE_DIR" "kube-apiserver/controller-manager/scheduler/kubectl/kubelet/kube-proxy v$KUBE_VERSION" build_kube

@@ -17,7 +17,7 @@ eval "$("$ROOT/ci/chart-tools.sh" env)"
 KV=$MANYMODELS_KUBE_VERSION
 helm version --template 'helm {{.Version}}'; echo
 echo "helm-unittest $(sed -n 's/^version: //p' "$HELM_PLUGINS/unittest/plugin.yaml" | tr -d '"')"
-echo "kubeconform $(kubeconform -v)"; echo "kube-linter $(kube-linter version)"
+echo "kubeconform $(kubeconform -v)"; echo "kube-linter $(kube-linter version)"; promtool --version | head -1
 
 step "dependency (ci/chart-deps.sh) + Chart.lock in sync (helm's resolver)"
 "$ROOT/ci/chart-deps.sh" || { echo "dependency assembly failed" >&2; exit 1; }
@@ -127,11 +127,31 @@ PY
   fi
 done
 
+step "promtool: the PrometheusRule's rules check and pass their unit tests (tests/chart/prometheusrule/)"
+# the rule group as a plain rules file (the PrometheusRule's spec), beside copies of the unit tests, which
+# name it manymodels-rules.yaml; release mm in namespace models, as the tests' series labels expect
+PROM=$RENDER/promtool
+mkdir -p "$PROM"
+if helm template mm "$ROOT" --namespace models --kube-version "$KV" --show-only templates/prometheusrule.yaml \
+    --set metrics.prometheusRule.enabled=true,metrics.serviceMonitor.enabled=true >"$PROM/rule.yaml" \
+  && "$PYTHON" -c 'import sys, yaml; rule = yaml.safe_load(open(sys.argv[1])); assert rule["kind"] == "PrometheusRule"; yaml.safe_dump(rule["spec"], sys.stdout, sort_keys=False)' \
+    "$PROM/rule.yaml" >"$PROM/manymodels-rules.yaml"; then
+  prom_tests=()
+  for f in tests/chart/prometheusrule/*.yaml; do cp "$f" "$PROM/"; prom_tests+=("$(basename "$f")"); done
+  promtool check rules --lint-fatal "$PROM/manymodels-rules.yaml" || fail "promtool check rules"
+  (cd "$PROM" && promtool test rules "${prom_tests[@]}") || fail "promtool test rules"
+else
+  fail "rendering the PrometheusRule for promtool"
+fi
+
 step "packaged chart leaves out non-chart files (.helmignore)"
 if helm package "$ROOT" -d "$RENDER/pkg" >/dev/null; then
   bad=$(tar -tzf "$RENDER"/pkg/*.tgz | grep -E '^manymodels/(app|tests|ci|bench|docs|images|\.git)/' | head -5)
   [[ -z $bad ]] && echo "ok   $(basename "$RENDER"/pkg/*.tgz): $(tar -tzf "$RENDER"/pkg/*.tgz | wc -l) files" \
     || { echo "$bad"; fail ".helmignore lets non-chart files into the package"; }
+  # ... but keeps what templates read with .Files.Get (no grep -q: under pipefail, tar's SIGPIPE would fail it)
+  tar -tzf "$RENDER"/pkg/*.tgz | grep -x 'manymodels/dashboards/manymodels.json' >/dev/null \
+    || fail ".helmignore leaves dashboards/manymodels.json out of the package"
 else
   fail "helm package"
 fi

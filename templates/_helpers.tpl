@@ -60,12 +60,18 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 
 {{/* image reference: repository[:tag][@digest]; tag defaults to the appVersion */}}
 {{- define "manymodels.image" -}}
-{{- $tag := .Values.image.tag }}
-{{- if not $tag }}{{ $tag = printf "%s%s" .Chart.AppVersion (ternary "-cpu" "" (eq .Values.image.variant "cpu")) }}{{ end }}
-{{- if .Values.image.digest }}
-{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- include "manymodels.imageRef" (list . .Values.image) }}
+{{- end }}
+
+{{/* The same for an image dict: (list $root $image); templates/_raypod.tpl resolves per-group images. */}}
+{{- define "manymodels.imageRef" -}}
+{{- $root := index . 0 }}{{ $img := index . 1 }}
+{{- $tag := $img.tag }}
+{{- if not $tag }}{{ $tag = printf "%s%s" $root.Chart.AppVersion (ternary "-cpu" "" (eq $img.variant "cpu")) }}{{ end }}
+{{- if $img.digest }}
+{{- printf "%s:%s@%s" $img.repository $tag $img.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- printf "%s:%s" $img.repository $tag }}
 {{- end }}
 {{- end }}
 
@@ -162,4 +168,7 @@ would install fine and then fail every model read with 401/403, so it fails the 
 {{- fail (printf "modelServer.userConfig.store.storage_options.%s is empty: set it, or delete it from your copy of the cloud file (docs/storage.md)" $key) }}
 {{- end }}
 {{- end }}
+{{- include "manymodels.validatePods" . }}
+{{- include "manymodels.validateUpgradeStrategy" . }}
+{{- include "manymodels.validateRayAuth" . }}
 {{- end }}

@@ -61,15 +61,15 @@ app.kubernetes.io/component: {{ $component }}
 
 {{/*
 Annotations of a Ray pod: (list $root $group "head"|"worker"). The identity checksum changes whenever
-the ServiceAccount's annotations or name change: EKS and AKS inject workload identity only when a pod
-is created, so such a change must build new pods (it changes the RayCluster spec, and KubeRay builds a
-new cluster), not wait for the next unrelated rebuild. The head is marked not-to-be-evicted by the
+the name or annotations of the ServiceAccount the pod runs as change (manymodels.podIdentity,
+templates/_raypod.tpl): EKS and AKS inject workload identity only when a pod is created, so such a
+change must build new pods (it changes the RayCluster spec, and KubeRay builds a new cluster), not wait
+for the next unrelated rebuild. The head is marked not-to-be-evicted by the
 cluster autoscaler and Karpenter (a drained head stops serving until it is back). Values win.
 */}}
 {{- define "manymodels.rayPodAnnotations" -}}
 {{- $root := index . 0 }}{{ $g := index . 1 }}{{ $role := index . 2 -}}
-{{- $identity := dict "name" (include "manymodels.serviceAccountName" $root) "annotations" $root.Values.serviceAccount.annotations -}}
-{{- $chart := dict "manymodels.io/identity-checksum" (toJson $identity | sha256sum) -}}
+{{- $chart := dict "manymodels.io/identity-checksum" (include "manymodels.podIdentity" (list $root $g $role) | sha256sum) -}}
 {{- if eq $role "head" -}}
 {{- $_ := set $chart "cluster-autoscaler.kubernetes.io/safe-to-evict" "false" -}}
 {{- $_ := set $chart "karpenter.sh/do-not-disrupt" "true" -}}
@@ -79,31 +79,38 @@ cluster autoscaler and Karpenter (a drained head stops serving until it is back)
 
 {{/*
 rayStartParams of a Ray pod: (list $root $group). Unless set, object-store-memory is Ray's own default
-(30% of the container's memory limit) capped at 90% of /dev/shm (shmSizeLimit): a store bigger than
-/dev/shm would make Ray fall back to a disk-backed /tmp store, much slower.
+(30% of the container's memory limit), capped at 90% of an explicit shmSizeLimit; without one /dev/shm
+is sized to the store instead (manymodels.rayMemory, templates/_raypod.tpl).
 */}}
 {{- define "manymodels.rayStartParams" -}}
 {{- $root := index . 0 }}{{ $g := index . 1 -}}
 {{- $params := deepCopy (default dict $g.rayStartParams) -}}
-{{- $mem := dig "limits" "memory" "" (default dict $g.resources) -}}
-{{- if and (not (hasKey $params "object-store-memory")) $mem -}}
-{{- /* manymodels.mebibytes (templates/_fit.tpl) reads any Kubernetes quantity, "1.5Gi" included */ -}}
-{{- $memBytes := mulf (include "manymodels.mebibytes" $mem | float64) 1048576.0 | int64 -}}
-{{- $shm := mulf (include "manymodels.mebibytes" $root.Values.shmSizeLimit | float64) 1048576.0 | int64 -}}
-{{- $store := min (div (mul $memBytes 3) 10) (div (mul $shm 9) 10) -}}
-{{- $_ := set $params "object-store-memory" $store -}}
+{{- $memory := include "manymodels.rayMemory" (list $root $g) | fromJson -}}
+{{- if and (not (hasKey $params "object-store-memory")) (hasKey $memory "store") -}}
+{{- $_ := set $params "object-store-memory" $memory.store -}}
 {{- end -}}
 {{- range $k, $val := $params }}
 {{ $k }}: {{ toString $val | quote }}
 {{- end }}
 {{- end }}
 
-{{/* The Ray container + pod spec shared by head and workers: (list $root $group "head"|"worker"). */}}
+{{/*
+The Ray container + pod spec shared by head and workers: (list $root $group "head"|"worker" $selector),
+$selector being the labels that select this group's pods (for topologySpreadConstraints). Global
+lists (env, envFrom, extraVolumes, extraVolumeMounts) come first, the group's own are appended.
+*/}}
 {{- define "manymodels.rayPodSpec" -}}
-{{- $root := index . 0 }}{{ $g := index . 1 }}{{ $role := index . 2 -}}
+{{- $root := index . 0 }}{{ $g := index . 1 }}{{ $role := index . 2 }}{{ $selector := index . 3 -}}
 {{- $v := $root.Values -}}
-serviceAccountName: {{ include "manymodels.serviceAccountName" $root }}
+{{- $identity := include "manymodels.podIdentity" (list $root $g $role) | fromJson -}}
+{{- $image := include "manymodels.rayImage" (list $root $g) | fromJson -}}
+{{- $memory := include "manymodels.rayMemory" (list $root $g) | fromJson -}}
+serviceAccountName: {{ $identity.name }}
+{{- if eq $role "head" }}
 automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
+{{- else }}
+automountServiceAccountToken: {{ dig "workers" "automountServiceAccountToken" false $v.serviceAccount }}
+{{- end }}
 {{- with $v.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -122,10 +129,20 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- with include "manymodels.topologySpread" (list $root $g $selector) }}
+topologySpreadConstraints:
+  {{- . | nindent 2 }}
+{{- end }}
+{{- with $g.priorityClassName | default $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $g.runtimeClassName | default $v.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
 containers:
   - name: ray-{{ $role }}
-    image: {{ include "manymodels.image" $root | quote }}
-    imagePullPolicy: {{ $v.image.pullPolicy }}
+    image: {{ include "manymodels.imageRef" (list $root $image) | quote }}
+    imagePullPolicy: {{ $image.pullPolicy }}
     ports:
       {{- if eq $role "head" }}
       - {name: gcs-server, containerPort: 6379, protocol: TCP}
@@ -148,6 +165,10 @@ containers:
     env:
       {{- toYaml . | nindent 6 }}
     {{- end }}
+    {{- with concat (default list $v.envFrom) (default list $g.envFrom) }}
+    envFrom:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
     volumeMounts:
       - {name: dshm, mountPath: /dev/shm}
       {{- if $v.modelStore.pvc.enabled }}
@@ -158,11 +179,16 @@ containers:
       {{- if $v.modelStore.diskCache.enabled }}
       - {name: disk-cache, mountPath: {{ $v.modelStore.diskCache.mountPath }}}
       {{- end }}
+      {{- with concat (default list $v.extraVolumeMounts) (default list $g.extraVolumeMounts) }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
 volumes:
   - name: dshm
     emptyDir:
       medium: Memory
-      sizeLimit: {{ $v.shmSizeLimit }}
+      {{- with $memory.shm }}
+      sizeLimit: {{ . }}
+      {{- end }}
   {{- if $v.modelStore.pvc.enabled }}
   - name: models
     persistentVolumeClaim:
@@ -174,6 +200,43 @@ volumes:
     emptyDir:
       sizeLimit: {{ $v.modelStore.diskCache.sizeLimit }}
   {{- end }}
+  {{- with concat (default list $v.extraVolumes) (default list $g.extraVolumes) }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+The fields KubeRay leaves out of its cluster hash (tolerations of every group; a worker group's
+minReplicas/maxReplicas, and replicas): changing only those would make `helm upgrade` a silent no-op
+until some other change rebuilt the cluster. Their digest, as a pod-template annotation, makes KubeRay
+build a new cluster with them instead. replicas counts only without the Ray autoscaler: with it,
+replicas is the starting size and the autoscaler owns the live count. (list $root $group)
+*/}}
+{{- define "manymodels.schedulingChecksum" -}}
+{{- $root := index . 0 }}{{ $g := index . 1 -}}
+{{- $fields := dict "tolerations" (default list $g.tolerations) -}}
+{{- if hasKey $g "maxReplicas" -}}
+{{- $_ := set $fields "minReplicas" $g.minReplicas -}}
+{{- $_ := set $fields "maxReplicas" $g.maxReplicas -}}
+{{- if not $root.Values.rayAutoscaler.enabled }}{{ $_ := set $fields "replicas" (default $g.minReplicas $g.replicas) }}{{ end -}}
+{{- end -}}
+{{- toJson $fields | sha256sum | trunc 16 | quote -}}
+{{- end }}
+
+{{/*
+Digest of rayClusterConfig as KubeRay compares it (its GenerateHashWithoutReplicasAndWorkersToDelete):
+without worker replicas/minReplicas/maxReplicas and pod tolerations. It changes exactly when KubeRay
+builds a new cluster (those fields reach it through manymodels.io/scheduling-checksum), so NOTES can
+tell a rebuilding upgrade from one that changes nothing (templates/_upgrade.tpl).
+*/}}
+{{- define "manymodels.clusterDigest" -}}
+{{- $c := include "manymodels.rayClusterConfig" . | fromYaml -}}
+{{- $_ := unset $c.headGroupSpec.template.spec "tolerations" -}}
+{{- range $c.workerGroupSpecs -}}
+{{- $_ := unset . "replicas" }}{{ $_ := unset . "minReplicas" }}{{ $_ := unset . "maxReplicas" -}}
+{{- $_ := unset .template.spec "tolerations" -}}
+{{- end -}}
+{{- toJson $c | sha256sum -}}
 {{- end }}
 
 {{/* rayClusterConfig: cluster-level values only. */}}
@@ -213,8 +276,9 @@ headGroupSpec:
         {{- include "manymodels.rayPodLabels" (list . "ray-head" $v.head.labels) | nindent 8 }}
       annotations:
         {{- include "manymodels.rayPodAnnotations" (list . $v.head "head") | nindent 8 }}
+        manymodels.io/scheduling-checksum: {{ include "manymodels.schedulingChecksum" (list . $v.head) }}
     spec:
-      {{- include "manymodels.rayPodSpec" (list . $v.head "head") | nindent 6 }}
+      {{- include "manymodels.rayPodSpec" (list . $v.head "head" (merge (include "manymodels.selectorLabels" . | fromYaml) (dict "app.kubernetes.io/component" "ray-head"))) | nindent 6 }}
 workerGroupSpecs:
   {{- range $name, $g := $v.workerGroups }}
   {{- if $g.enabled }}
@@ -230,8 +294,9 @@ workerGroupSpecs:
           {{- include "manymodels.rayPodLabels" (list $ "ray-worker" (merge (dict "manymodels.io/worker-group" $name) (default dict $g.labels))) | nindent 10 }}
         annotations:
           {{- include "manymodels.rayPodAnnotations" (list $ $g "worker") | nindent 10 }}
+          manymodels.io/scheduling-checksum: {{ include "manymodels.schedulingChecksum" (list $ $g) }}
       spec:
-        {{- include "manymodels.rayPodSpec" (list $ $g "worker") | nindent 8 }}
+        {{- include "manymodels.rayPodSpec" (list $ $g "worker" (merge (include "manymodels.selectorLabels" $ | fromYaml) (dict "app.kubernetes.io/component" "ray-worker" "manymodels.io/worker-group" $name))) | nindent 8 }}
   {{- end }}
   {{- end }}
 {{- end }}

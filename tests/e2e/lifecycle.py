@@ -124,7 +124,8 @@ def create_nodes() -> None:
 
 # ------------------------------------------------------------------------------------ validation
 def server_side_dry_run() -> None:
-    # ci/full-values.yaml renders a PodMonitor and a ServiceMonitor: their CRDs (prometheus-operator)
+    # ci/full-values.yaml renders a PodMonitor, a ServiceMonitor and a PrometheusRule: their CRDs
+    # (prometheus-operator)
     crds = os.environ["MANYMODELS_MONITORING_CRDS"]
     kubectl("apply", "--server-side", "--force-conflicts", "-f", crds)
     kubectl(
@@ -135,6 +136,7 @@ def server_side_dry_run() -> None:
         "60s",
         "crd/podmonitors.monitoring.coreos.com",
         "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
     )
     for extra in [None, *CLOUD_FILES, *CI_FILES]:
         # CRDs are not in the dry-run: the operator-chart step installed them through Helm already
