@@ -176,6 +176,40 @@ volumes:
   {{- end }}
 {{- end }}
 
+{{/*
+The fields KubeRay leaves out of its cluster hash (tolerations of every group; a worker group's
+minReplicas/maxReplicas, and replicas): changing only those would make `helm upgrade` a silent no-op
+until some other change rebuilt the cluster. Their digest, as a pod-template annotation, makes KubeRay
+build a new cluster with them instead. replicas counts only without the Ray autoscaler: with it,
+replicas is the starting size and the autoscaler owns the live count. (list $root $group)
+*/}}
+{{- define "manymodels.schedulingChecksum" -}}
+{{- $root := index . 0 }}{{ $g := index . 1 -}}
+{{- $fields := dict "tolerations" (default list $g.tolerations) -}}
+{{- if hasKey $g "maxReplicas" -}}
+{{- $_ := set $fields "minReplicas" $g.minReplicas -}}
+{{- $_ := set $fields "maxReplicas" $g.maxReplicas -}}
+{{- if not $root.Values.rayAutoscaler.enabled }}{{ $_ := set $fields "replicas" (default $g.minReplicas $g.replicas) }}{{ end -}}
+{{- end -}}
+{{- toJson $fields | sha256sum | trunc 16 | quote -}}
+{{- end }}
+
+{{/*
+Digest of rayClusterConfig as KubeRay compares it (its GenerateHashWithoutReplicasAndWorkersToDelete):
+without worker replicas/minReplicas/maxReplicas and pod tolerations. It changes exactly when KubeRay
+builds a new cluster (those fields reach it through manymodels.io/scheduling-checksum), so NOTES can
+tell a rebuilding upgrade from one that changes nothing (templates/_upgrade.tpl).
+*/}}
+{{- define "manymodels.clusterDigest" -}}
+{{- $c := include "manymodels.rayClusterConfig" . | fromYaml -}}
+{{- $_ := unset $c.headGroupSpec.template.spec "tolerations" -}}
+{{- range $c.workerGroupSpecs -}}
+{{- $_ := unset . "replicas" }}{{ $_ := unset . "minReplicas" }}{{ $_ := unset . "maxReplicas" -}}
+{{- $_ := unset .template.spec "tolerations" -}}
+{{- end -}}
+{{- toJson $c | sha256sum -}}
+{{- end }}
+
 {{/* rayClusterConfig: cluster-level values only. */}}
 {{- define "manymodels.rayClusterConfig" -}}
 {{- $v := .Values -}}
@@ -213,6 +247,7 @@ headGroupSpec:
         {{- include "manymodels.rayPodLabels" (list . "ray-head" $v.head.labels) | nindent 8 }}
       annotations:
         {{- include "manymodels.rayPodAnnotations" (list . $v.head "head") | nindent 8 }}
+        manymodels.io/scheduling-checksum: {{ include "manymodels.schedulingChecksum" (list . $v.head) }}
     spec:
       {{- include "manymodels.rayPodSpec" (list . $v.head "head") | nindent 6 }}
 workerGroupSpecs:
@@ -230,6 +265,7 @@ workerGroupSpecs:
           {{- include "manymodels.rayPodLabels" (list $ "ray-worker" (merge (dict "manymodels.io/worker-group" $name) (default dict $g.labels))) | nindent 10 }}
         annotations:
           {{- include "manymodels.rayPodAnnotations" (list $ $g "worker") | nindent 10 }}
+          manymodels.io/scheduling-checksum: {{ include "manymodels.schedulingChecksum" (list $ $g) }}
       spec:
         {{- include "manymodels.rayPodSpec" (list $ $g "worker") | nindent 8 }}
   {{- end }}
