@@ -43,6 +43,7 @@ k8s() {
   "$PYTHON" tests/e2e/lifecycle.py --phase operator-chart
   ci/e2e-cluster.sh operator "$work"
   "$PYTHON" tests/e2e/lifecycle.py --phase install-matrix
+  "$PYTHON" tests/e2e/lifecycle.py --phase value-changes
   "$PYTHON" tests/e2e/lifecycle.py --phase node-shapes
   ci/e2e-cluster.sh down "$work"
   trap - EXIT INT TERM

@@ -4,6 +4,7 @@ nodes, node_path.py on a real node). Every command's failure raises AssertionErr
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -137,3 +138,21 @@ def uninstall_and_check(ns: str, keep_pvc: bool) -> str:
     return f"uninstalled: nothing left in {ns}" + (
         f" except the kept PVC {pvcs} (modelStore.pvc.keep)" if pvcs else ""
     )
+
+
+def value_change_rows() -> list[tuple[list[str], str, str]]:
+    """docs/chart.md "What each value change does": (flags, effect, checked-by) of every row, the
+    effect being the row's bold words (lifecycle.py and node_path.py each run the rows they check)."""
+    doc = (ROOT / "docs" / "chart.md").read_text().split("## What each value change does", 1)[1]
+    rows = []
+    for line in doc.split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| `--set") or len(cells) != 3:
+            continue
+        # plain whitespace split: a key's escaped dot (example\.com) must reach helm as written
+        flags = [f for code in re.findall(r"`([^`]+)`", cells[0]) for f in code.split()]
+        effect = re.match(r"\*\*(.+?)\*\*", cells[1])
+        assert effect, f"row {line!r}: no bold effect"
+        rows.append((flags, effect.group(1), cells[2]))
+    assert len(rows) >= 10, rows
+    return rows

@@ -15,7 +15,8 @@ The lifecycle itself (Ready, model rollout in place, cluster change, rollback, u
 pods on a real node: tests/e2e/node_path.py (make test-e2e-node). kwok stays for what it is good at:
 every cloud file's scheduling shape on many (fake) nodes.
 
-Usage: python tests/e2e/lifecycle.py --phase operator-chart|install-matrix  (ci/e2e.sh runs both)
+Usage: python tests/e2e/lifecycle.py --phase PHASE  (ci/e2e.sh runs operator-chart, install-matrix,
+value-changes and node-shapes, in that order)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from kube import (
     pods_of,
     rayclusters,
     uninstall_and_check,
+    value_change_rows,
     wait_for,
 )
 
@@ -437,9 +439,59 @@ def too_big(spec: dict, shape: dict, key: str) -> None:
     say(uninstall_and_check(ns, keep_pvc=False))
 
 
+# -------------------------------------------------------------------------------- value changes
+# What each row's effect looks like from outside: a new RayCluster or not, and the upgrade notes.
+EFFECTS = {
+    "in place": (False, "changes the Serve config only"),
+    "new cluster": (True, "builds a NEW cluster"),
+    "no Ray change": (False, "changes neither the Ray cluster nor the Serve config"),
+    "ignored": (False, "IGNORES cluster changes"),
+}
+
+
+def value_changes() -> None:
+    """Every e2e-k8s row of the table, applied in order to one live release (`--reuse-values`, so each
+    row changes only what it names): a new RayCluster appears exactly for "new cluster" rows, and the
+    notes of that `helm upgrade` say which row it was."""
+    ns = "e2e-changes"
+    # The head is kept unschedulable (a nodeSelector no node has): with a Ready head, KubeRay would call
+    # its dashboard (unreachable on kwok), fail and requeue before deciding on a new cluster; with a head
+    # that is not Ready it goes on to compare the cluster hash, exactly as it does for a serving cluster.
+    helm(
+        "install", "mm", str(ROOT), "-n", ns, "--create-namespace",
+        "--set", "modelStore.pvc.enabled=false", "--set-string", "modelServer.userConfig.store.uri=s3://e2e/models",
+        "--set-string", "head.nodeSelector.e2e\\.manymodels\\.io/no-such-node=true",
+    )  # fmt: skip
+    seen = set(wait_for("the first RayCluster", lambda: {c["metadata"]["name"] for c in rayclusters(ns)}, 60))
+    rows = [r for r in value_change_rows() if "e2e-k8s" in r[2]]
+    for flags, effect, _ in rows:
+        assert effect in EFFECTS, f"{flags}: effect {effect!r} is none of {list(EFFECTS)}"
+    for flags, effect, _ in rows:
+        new_cluster, note = EFFECTS[effect]
+        t = time.monotonic()
+        notes = helm("upgrade", "mm", str(ROOT), "-n", ns, "--reuse-values", *flags)
+        assert note in notes, f"{flags}: the notes do not say {note!r}:\n{notes}"
+        if new_cluster:
+            names = wait_for(
+                f"a new RayCluster after {flags}",
+                lambda seen=seen: (n := {c["metadata"]["name"] for c in rayclusters(ns)}) - seen and n,
+                60,
+            )
+            seen |= names
+        else:
+            time.sleep(5)  # the operator reconciles a RayService change within a second
+            names = {c["metadata"]["name"] for c in rayclusters(ns)}
+            assert names <= seen, f"{flags} ({effect}) built a new RayCluster: {names - seen}"
+        say(f"{' '.join(flags)}: {effect}, as docs/chart.md says ({time.monotonic() - t:.1f} s)")
+    say(f"{len(rows)} value changes behaved as the table says")
+    say(uninstall_and_check(ns, keep_pvc=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=["operator-chart", "install-matrix", "node-shapes"], required=True)
+    parser.add_argument(
+        "--phase", choices=["operator-chart", "install-matrix", "value-changes", "node-shapes"], required=True
+    )
     args = parser.parse_args(argv)
     t = time.monotonic()
     if args.phase == "operator-chart":
@@ -448,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         server_side_dry_run()
     elif args.phase == "install-matrix":
         install_matrix()
+    elif args.phase == "value-changes":
+        value_changes()
     else:
         node_shapes()
     say(f"phase {args.phase} PASSED in {time.monotonic() - t:.1f} s")

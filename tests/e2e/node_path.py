@@ -10,11 +10,13 @@ operator, pause and curl images imported, and helm/kubectl on PATH. Steps (each 
     answered as they say, then an unmodified `tritonclient[http]` client (binary tensors);
  5. model rollout: `helm upgrade` moving `stable` 1 -> 2 under load through the serve Service:
     0 failed requests, answers switch to version 2, same RayCluster, same pods, no restart;
- 6. cluster change: `helm upgrade` of the worker group's resources under load: KubeRay builds a new
+ 6. service.* upgrades (docs/chart.md's "Service updated" rows): an annotation and type LoadBalancer,
+    then both removed, reach the live serve Service through the chart's serviceSync hook; same cluster;
+ 7. cluster change: `helm upgrade` of the worker group's resources under load: KubeRay builds a new
     RayCluster, switches the serve Service, deletes the old one; requests and failures counted;
- 7. one ModelServer replica process killed in the worker pod under load: failures and the time until
+ 8. one ModelServer replica process killed in the worker pod under load: failures and the time until
     every request succeeds again;
- 8. `helm rollback` (a cluster change back), then `helm uninstall` leaves no pod, Service or RayCluster.
+ 9. `helm rollback` (a cluster change back), then `helm uninstall` leaves no pod, Service or RayCluster.
 A summary with the measured figures ends the output.
 
 Usage: python tests/e2e/node_path.py --work DIR --operator-tag TAG   (ci/e2e.sh node runs it)
@@ -43,6 +45,7 @@ from kube import (
     rayclusters,
     rs_status,
     uninstall_and_check,
+    value_change_rows,
     wait_for,
     wait_serving,
 )
@@ -346,6 +349,47 @@ def rollout(cluster: str) -> None:
     say(f"0 failed; same RayCluster {cluster} (uid {uid[:8]}), same pods, no restart")
 
 
+def service_sync(cluster: str) -> None:
+    """The two "Service updated" rows of docs/chart.md's value-change table, under load: the serviceSync
+    hook applies service.* to the live serve Service (KubeRay copies it only when it creates the
+    Service), removes what it set before, and the Ray cluster is not touched."""
+    rows = [(flags, by) for flags, effect, by in value_change_rows() if effect == "Service updated"]
+    assert len(rows) == 2 and all("e2e-node" in by for _, by in rows), rows
+    (add, _), (remove, _) = rows
+    assert "service.type=LoadBalancer" in add and "service.type=ClusterIP" in remove, rows
+    key = "example.com/team"
+    uid = next(c for c in rayclusters(NS) if c["metadata"]["name"] == cluster)["metadata"]["uid"]
+    name = f"{FULLNAME}-serve-svc"
+    with Load(serve_url(), BODIES, threads=4, max_s=300) as load:
+        time.sleep(2)
+        t = time.monotonic()
+        helm(*UPGRADE, *add)
+        svc = get("service", NS, name)
+        notes = svc["metadata"].get("annotations") or {}
+        assert notes.get(key) == "ml", notes
+        assert key in notes["manymodels.io/managed-annotations"].split(","), notes
+        assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["ports"][0].get("nodePort"), svc["spec"]
+        t_add = time.monotonic() - t
+        t = time.monotonic()
+        helm(*UPGRADE, *remove)
+        svc = get("service", NS, name)
+        notes = svc["metadata"].get("annotations") or {}
+        assert key not in notes and key not in notes["manymodels.io/managed-annotations"].split(","), notes
+        assert svc["spec"]["type"] == "ClusterIP" and not svc["spec"]["ports"][0].get("nodePort"), svc["spec"]
+        t_remove = time.monotonic() - t
+        time.sleep(1)
+    n, counts, failures = count(load, 0)
+    clusters = [(c["metadata"]["name"], c["metadata"]["uid"]) for c in rayclusters(NS)]
+    assert clusters == [(cluster, uid)], f"RayCluster changed: {cluster}/{uid} -> {clusters}"
+    assert not failures, f"{len(failures)} failed requests, e.g. {failures[:5]}"
+    FIGURES["service.* upgrades"] = (
+        f"annotation + LoadBalancer live {t_add:.1f} s after helm upgrade, "
+        f"removed + ClusterIP {t_remove:.1f} s; "
+        f"{n} requests, 0 failed, same RayCluster"
+    )
+    say(f"service.* upgrades reached the live Service: {FIGURES['service.* upgrades']}")
+
+
 def switch_cluster(what: str, old: str, upgrade: list[str], image: str) -> str:
     """A helm command that changes the RayCluster spec, under load: KubeRay's new cluster takes over."""
     with Load(serve_url(), BODIES, threads=4, max_s=900) as load:
@@ -426,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         with PortForward() as pf:
             readme_path(pf.port)
         rollout(cluster)
+        service_sync(cluster)
         cluster = switch_cluster(
             "cluster change",
             cluster,
