@@ -4,7 +4,7 @@
 # kubelet, kube-proxy (iptables mode) and CoreDNS as cluster DNS. Pods really run. Every process is
 # started in the background and stopped by pid; the host is restored on the way down.
 #
-#   ci/e2e-node.sh up DIR              start it all; DIR/kubeconfig
+#   ci/e2e-node.sh up DIR              start it all; DIR/kubeconfig, DIR/redis/env (a TLS Redis)
 #   ci/e2e-node.sh load DIR IMAGE...   `docker save IMAGE | ctr import` into the node's containerd
 #                                      (DOCKER_HOST from ci/image-env.sh); nothing is ever pulled
 #   ci/e2e-node.sh down DIR            stop everything, restore the host, then verify that it is as found
@@ -49,8 +49,10 @@ node_ip() {
 }
 
 ensure_packages() {
+  # redis-tools: Debian ships the Redis server binary in it as redis-check-rdb (the server package adds
+  # only a symlink and a system service, which we do not want started); openssl signs its TLS certificate
   apt_ensure containerd:containerd runc:runc ctr:containerd iptables:iptables \
-    "$CNI_BIN/bridge:containernetworking-plugins"
+    "$CNI_BIN/bridge:containernetworking-plugins" redis-check-rdb:redis-tools redis-cli:redis-tools openssl:openssl
   local tool
   for tool in kubelet kube-proxy coredns kubectl; do
     command -v "$tool" >/dev/null || { log "$tool not on PATH: eval \"\$(ci/e2e-tools.sh)\" first"; return 1; }
@@ -260,8 +262,44 @@ up() {
   proc_start coredns coredns -conf "$DIR/node/Corefile"
   wait_until "node $NODE_NAME Ready" 90 node_ready || { proc_check kubelet; tail -20 "$DIR/logs/kubelet.log" >&2; return 1; }
   wait_until "CoreDNS ready" 60 curl -fsS "http://127.0.0.1:$COREDNS_READY_PORT/ready"
-  proc_check containerd kubelet kube-proxy coredns
+  start_redis
+  proc_check containerd kubelet kube-proxy coredns redis
   log "node $NODE_NAME Ready at $NODE_IP ($(kubelet --version), containerd $(containerd --version | awk '{print $3}'), CoreDNS $COREDNS_VERSION)"
+}
+
+# A Redis for GCS fault tolerance the way managed offerings run it (Azure Cache for Redis, Memorystore
+# with in-transit encryption): TLS only, on the node's address, a private CA, an ACL user with a password
+# and the default user off. DIR/redis/env tells the tests the address, user, password and CA file.
+start_redis() {
+  local r=$DIR/redis port password
+  mkdir -p "$r"
+  port=$(free_port)
+  password=$(openssl rand -hex 16)
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$r/ca.key" -out "$r/ca.crt" -days 2 -subj /CN=manymodels-e2e-ca 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$r/server.key" -out "$r/server.csr" -subj /CN=redis 2>/dev/null
+  openssl x509 -req -in "$r/server.csr" -CA "$r/ca.crt" -CAkey "$r/ca.key" -CAcreateserial -out "$r/server.crt" \
+    -days 2 -extfile <(echo "subjectAltName=IP:$NODE_IP") 2>/dev/null
+  cat >"$r/redis.conf" <<EOF
+port 0
+bind $NODE_IP
+tls-port $port
+tls-cert-file $r/server.crt
+tls-key-file $r/server.key
+tls-ca-cert-file $r/ca.crt
+tls-auth-clients no
+user default off
+user ray on >$password ~* &* +@all
+dir $r
+save ""
+appendonly no
+EOF
+  chmod 600 "$r/redis.conf" "$r"/*.key
+  proc_start redis bash -c "exec -a redis-server redis-check-rdb $r/redis.conf"
+  printf 'REDIS_ADDRESS=rediss://%s:%s\nREDIS_USER=ray\nREDIS_PASSWORD=%s\nREDIS_CA=%s\n' \
+    "$NODE_IP" "$port" "$password" "$r/ca.crt" >"$r/env"
+  wait_until "Redis (TLS) on $NODE_IP:$port" 30 \
+    redis-cli --tls --cacert "$r/ca.crt" -h "$NODE_IP" -p "$port" --user ray --pass "$password" --no-auth-warning ping
+  log "Redis $(redis-cli --version | awk '{print $2}') for GCS fault tolerance: rediss://$NODE_IP:$port (user ray, private CA)"
 }
 
 load() {
@@ -318,7 +356,7 @@ down() {
       sleep 0.5
     done
   fi
-  proc_stop coredns; proc_stop kube-proxy; proc_stop kubelet
+  proc_stop coredns; proc_stop kube-proxy; proc_stop kubelet; proc_stop redis
   SYSCTLS_BEFORE=$(cat "$HOST_STATE/sysctls" 2>/dev/null || true)
   host_teardown "$DIR"
   "$ROOT/ci/e2e-cluster.sh" down "$DIR"

@@ -146,6 +146,19 @@ Cross-field checks JSON Schema cannot express. Called from every template that d
 {{- if not .Values.gcsFaultTolerance.redisPasswordSecret.name }}
 {{- fail "gcsFaultTolerance.redisPasswordSecret.name is required when gcsFaultTolerance.enabled" }}
 {{- end }}
+{{- $ft := .Values.gcsFaultTolerance }}
+{{- if not (regexMatch "^(rediss?://)?[^:/\\s]+:[0-9]+$" $ft.redisAddress) }}
+{{- fail (printf "gcsFaultTolerance.redisAddress %q: use host:port, redis://host:port, or rediss://host:port (TLS)" $ft.redisAddress) }}
+{{- end }}
+{{- if and $ft.redisUsername $ft.redisUsernameSecret.name }}
+{{- fail "gcsFaultTolerance: set redisUsername or redisUsernameSecret.name, not both" }}
+{{- end }}
+{{- if and $ft.caSecret.name (not (hasPrefix "rediss://" $ft.redisAddress)) }}
+{{- fail (printf "gcsFaultTolerance.caSecret is set but redisAddress %q is not rediss://: the CA would never be used (TLS needs rediss://)" $ft.redisAddress) }}
+{{- end }}
+{{- if and $ft.externalStorageNamespace (ne .Values.upgradeStrategy.type "None") }}
+{{- fail (printf "gcsFaultTolerance.externalStorageNamespace %q would be shared by the old and the new Ray cluster during a %s upgrade (KubeRay warns it can switch traffic early and mix their GCS state): leave it empty, KubeRay then uses each RayCluster's UID" $ft.externalStorageNamespace .Values.upgradeStrategy.type) }}
+{{- end }}
 {{- end }}
 {{- if and (eq .Values.upgradeStrategy.type "NewClusterWithIncrementalUpgrade") (not .Values.rayAutoscaler.enabled) }}
 {{- fail "upgradeStrategy.type NewClusterWithIncrementalUpgrade needs rayAutoscaler.enabled" }}

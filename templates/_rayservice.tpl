@@ -161,7 +161,13 @@ containers:
       {{- toYaml $res | nindent 6 }}
     securityContext:
       {{- toYaml $v.securityContext | nindent 6 }}
-    {{- with $v.env }}
+    {{- $redisCA := and (eq $role "head") $v.gcsFaultTolerance.enabled $v.gcsFaultTolerance.caSecret.name }}
+    {{- $env := default list $v.env }}
+    {{- if $redisCA }}
+    {{- /* Ray's GCS reads the CA bundle for rediss:// from RAY_REDIS_CA_CERT (RayConfig redis_ca_cert) */}}
+    {{- $env = append $env (dict "name" "RAY_REDIS_CA_CERT" "value" (printf "/etc/manymodels/redis-ca/%s" $v.gcsFaultTolerance.caSecret.key)) }}
+    {{- end }}
+    {{- with $env }}
     env:
       {{- toYaml . | nindent 6 }}
     {{- end }}
@@ -171,6 +177,9 @@ containers:
     {{- end }}
     volumeMounts:
       - {name: dshm, mountPath: /dev/shm}
+      {{- if $redisCA }}
+      - {name: redis-ca, mountPath: /etc/manymodels/redis-ca, readOnly: true}
+      {{- end }}
       {{- if $v.modelStore.pvc.enabled }}
       - name: models
         mountPath: {{ $v.modelStore.pvc.mountPath }}
@@ -183,6 +192,12 @@ containers:
       {{- toYaml . | nindent 6 }}
       {{- end }}
 volumes:
+  {{- if and (eq $role "head") $v.gcsFaultTolerance.enabled $v.gcsFaultTolerance.caSecret.name }}
+  - name: redis-ca
+    secret:
+      secretName: {{ $v.gcsFaultTolerance.caSecret.name }}
+      items: [{key: {{ $v.gcsFaultTolerance.caSecret.key }}, path: {{ $v.gcsFaultTolerance.caSecret.key }}}]
+  {{- end }}
   - name: dshm
     emptyDir:
       medium: Memory
@@ -263,6 +278,16 @@ gcsFaultToleranceOptions:
       secretKeyRef:
         name: {{ $v.gcsFaultTolerance.redisPasswordSecret.name }}
         key: {{ $v.gcsFaultTolerance.redisPasswordSecret.key }}
+  {{- if $v.gcsFaultTolerance.redisUsernameSecret.name }}
+  redisUsername:
+    valueFrom:
+      secretKeyRef:
+        name: {{ $v.gcsFaultTolerance.redisUsernameSecret.name }}
+        key: {{ $v.gcsFaultTolerance.redisUsernameSecret.key }}
+  {{- else if $v.gcsFaultTolerance.redisUsername }}
+  redisUsername:
+    value: {{ $v.gcsFaultTolerance.redisUsername | quote }}
+  {{- end }}
   {{- with $v.gcsFaultTolerance.externalStorageNamespace }}
   externalStorageNamespace: {{ . | quote }}
   {{- end }}

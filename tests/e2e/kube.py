@@ -99,8 +99,9 @@ def wait_serving(ns: str, cluster: str, what: str, timeout: float = 90) -> None:
     wait_for(what, ready, timeout)
 
 
-def uninstall_and_check(ns: str, keep_pvc: bool) -> str:
-    """`helm uninstall` leaves nothing of the release in `ns` (but the kept model claim); a summary line."""
+def uninstall_and_check(ns: str, keep_pvc: bool, users: tuple[str, ...] = ()) -> str:
+    """`helm uninstall` leaves nothing of the release in `ns` (but the kept model claim and `users`, the
+    "kind/name" objects the user made for it, e.g. Secrets); a summary line."""
     helm("uninstall", "mm", "-n", ns, "--wait", "--timeout", "120s")
 
     def gone():
@@ -129,7 +130,8 @@ def uninstall_and_check(ns: str, keep_pvc: bool) -> str:
                     continue
                 if kind == "persistentvolumeclaims" and keep_pvc and n == f"{FULLNAME}-models":
                     continue
-                left.append(f"{kind}/{n}")
+                if f"{kind}/{n}" not in users:
+                    left.append(f"{kind}/{n}")
         assert not left, left
         return True
 
@@ -147,7 +149,7 @@ def value_change_rows() -> list[tuple[list[str], str, str]]:
     rows = []
     for line in doc.split("\n## ", 1)[0].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not line.startswith("| `--set") or len(cells) != 3:
+        if not line.startswith("| `--") or len(cells) != 3:
             continue
         # plain whitespace split: a key's escaped dot (example\.com) must reach helm as written
         flags = [f for code in re.findall(r"`([^`]+)`", cells[0]) for f in code.split()]

@@ -3,8 +3,9 @@
 Needs the one-node cluster of `ci/e2e-node.sh up` (KUBECONFIG) with the serving image, the
 operator, pause and curl images imported, and helm/kubectl on PATH. Steps (each one asserts):
  1. the demo catalog (ONNX models) in a folder on the node, offered as a hostPath PersistentVolume;
- 2. `helm install` with ci/node-values.yaml and the bundled operator: the operator pod, then the head
-    and worker pods Running with the image, the RayService Ready (install-to-Ready seconds printed);
+ 2. `helm install` with ci/node-values.yaml, the bundled operator and GCS fault tolerance against the
+    node's Redis (TLS only, private CA, ACL user: ci/e2e-node.sh start_redis): the operator pod, then
+    the head and worker pods Running with the image, the RayService Ready (install-to-Ready printed);
  3. `helm test` (its pod runs and calls the serve Service by DNS name);
  4. `kubectl port-forward svc/<serve service>` and every curl line of the README and of `make demo`
     answered as they say, then an unmodified `tritonclient[http]` client (binary tensors);
@@ -16,7 +17,9 @@ operator, pause and curl images imported, and helm/kubectl on PATH. Steps (each 
     RayCluster, switches the serve Service, deletes the old one; requests and failures counted;
  8. one ModelServer replica process killed in the worker pod under load: failures and the time until
     every request succeeds again;
- 9. `helm rollback` (a cluster change back), then `helm uninstall` leaves no pod, Service or RayCluster.
+ 9. the head pod deleted under load: with GCS fault tolerance the worker keeps serving and is not
+    restarted, a new head restores the cluster from Redis, same RayCluster;
+10. `helm rollback` (a cluster change back), then `helm uninstall` leaves no pod, Service or RayCluster.
 A summary with the measured figures ends the output.
 
 Usage: python tests/e2e/node_path.py --work DIR --operator-tag TAG   (ci/e2e.sh node runs it)
@@ -162,7 +165,27 @@ def diagnostics() -> None:
 
 
 # ------------------------------------------------------------------------------------------ steps
-def install(operator_tag: str, image: str) -> str:
+def redis_args(work: Path) -> list[str]:
+    """GCS fault tolerance against the node's Redis (ci/e2e-node.sh start_redis: TLS only, private CA,
+    an ACL user): its credentials and CA as Secrets, and the chart values a user of a managed Redis sets."""
+    env = dict(line.split("=", 1) for line in (work / "cluster/redis/env").read_text().split())
+    kubectl("create", "namespace", NS)
+    kubectl(
+        "-n", NS, "create", "secret", "generic", "redis-auth",
+        f"--from-literal=username={env['REDIS_USER']}", f"--from-literal=password={env['REDIS_PASSWORD']}",
+    )  # fmt: skip
+    kubectl("-n", NS, "create", "secret", "generic", "redis-ca", f"--from-file=ca.crt={env['REDIS_CA']}")
+    FIGURES["GCS fault tolerance"] = f"{env['REDIS_ADDRESS']} (TLS, private CA, ACL user {env['REDIS_USER']})"
+    return [
+        "--set", "gcsFaultTolerance.enabled=true",
+        "--set-string", f"gcsFaultTolerance.redisAddress={env['REDIS_ADDRESS']}",
+        "--set", "gcsFaultTolerance.redisPasswordSecret.name=redis-auth",
+        "--set", "gcsFaultTolerance.redisUsernameSecret.name=redis-auth",
+        "--set", "gcsFaultTolerance.caSecret.name=redis-ca",
+    ]  # fmt: skip
+
+
+def install(operator_tag: str, image: str, work: Path) -> str:
     t0 = time.monotonic()
     helm(
         "install",
@@ -175,6 +198,7 @@ def install(operator_tag: str, image: str) -> str:
         str(VALUES),
         "--set",
         f"kuberay-operator.image.tag={operator_tag}",
+        *redis_args(work),
     )
     say("helm install done; waiting for the operator, the pods and the RayService")
 
@@ -356,7 +380,9 @@ def service_sync(cluster: str) -> None:
     rows = [(flags, by) for flags, effect, by in value_change_rows() if effect == "Service updated"]
     assert len(rows) == 2 and all("e2e-node" in by for _, by in rows), rows
     (add, _), (remove, _) = rows
-    assert "service.type=LoadBalancer" in add and "service.type=ClusterIP" in remove, rows
+    # the second row deletes a map key, which only a values file can do (docs/chart.md): the user's
+    # values, as Helm holds them, without the annotation and with type ClusterIP
+    assert "service.type=LoadBalancer" in add and remove[:2] == ["--reset-values", "-f"], rows
     key = "example.com/team"
     uid = next(c for c in rayclusters(NS) if c["metadata"]["name"] == cluster)["metadata"]["uid"]
     name = f"{FULLNAME}-serve-svc"
@@ -371,7 +397,12 @@ def service_sync(cluster: str) -> None:
         assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["ports"][0].get("nodePort"), svc["spec"]
         t_add = time.monotonic() - t
         t = time.monotonic()
-        helm(*UPGRADE, *remove)
+        values = yaml.safe_load(helm("get", "values", "mm", "-n", NS, "-o", "yaml"))
+        del values["service"]["annotations"][key]
+        values["service"]["type"] = "ClusterIP"
+        edited = Path(os.environ.get("TMPDIR", "/tmp")) / "mm-e2e-values.yaml"
+        edited.write_text(yaml.safe_dump(values))
+        helm("upgrade", "mm", str(ROOT), "-n", NS, "--reset-values", "-f", str(edited))
         svc = get("service", NS, name)
         notes = svc["metadata"].get("annotations") or {}
         assert key not in notes and key not in notes["manymodels.io/managed-annotations"].split(","), notes
@@ -427,6 +458,58 @@ def switch_cluster(what: str, old: str, upgrade: list[str], image: str) -> str:
     return new
 
 
+def heads(cluster: str) -> list[str]:
+    return [
+        p["metadata"]["name"]
+        for p in pods_of(NS, cluster)
+        if p["metadata"]["labels"]["ray.io/node-type"] == "head"
+    ]
+
+
+def restart_head(cluster: str, image: str) -> None:
+    """The head pod deleted under load (what a node drain or a crash does). With GCS fault tolerance the
+    worker keeps serving, reconnects to the new head's GCS, which restores the cluster's state from
+    Redis: same RayCluster, the worker not restarted, Serve back under the new head."""
+    (head,) = heads(cluster)
+    worker = worker_pod(cluster)
+    worker_before = pod_state(cluster)[worker]
+    with Load(serve_url(), BODIES, threads=4, max_s=600) as load:
+        time.sleep(3)
+        t = time.monotonic()
+        kubectl("-n", NS, "delete", "pod", head, "--wait=false")
+        say(f"deleted the head pod {head} under load")
+
+        def back():
+            running_pods(cluster, image)
+            assert heads(cluster) != [head], "the old head is still there"
+            active, pending, conds = rs_status(NS)
+            assert (active, pending, conds.get("Ready")) == (cluster, "", "True"), (active, pending, conds)
+            return True
+
+        wait_for("a new head pod Ready and the RayService Ready on the same cluster", back, 420, interval=2)
+        t_back = time.monotonic() - t
+        time.sleep(5)
+    n, counts, failures = count(load, t)
+    results = [r for r in load.snapshot() if r[0] >= t]
+    ok_while_down = sum(1 for ts, _, v in results if ts <= t + t_back and not v.startswith("ERR"))
+    after = pod_state(cluster)
+    assert after.get(worker) == worker_before, (
+        f"the worker was replaced or restarted: {worker_before} -> {after}"
+    )
+    late = [v for ts, _, v in results if ts > t + t_back]
+    assert late and not any(v.startswith("ERR") for v in late), (
+        f"failures after the head was back: {late[-5:]}"
+    )
+    kinds = sorted({re.sub(r"\d+", "N", f)[:120] for f in failures})
+    FIGURES["head restart (GCS FT)"] = (
+        f"{n} requests, {len(failures)} failed, {ok_while_down} answered while the head was away; "
+        f"new head and RayService Ready {t_back:.0f} s after the delete; same RayCluster, same worker"
+        + (f"; failures: {kinds}" if failures else "")
+    )
+    say(f"head restart under load: {FIGURES['head restart (GCS FT)']}")
+    assert ok_while_down > 0, "nothing was answered while the head was away"
+
+
 def kill_replica(cluster: str) -> None:
     worker = worker_pod(cluster)
     with Load(serve_url(), BODIES, threads=4, max_s=300) as load:
@@ -465,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         create_volume(make_catalog(args.work))
-        cluster = install(args.operator_tag, image)
+        cluster = install(args.operator_tag, image, args.work)
         helm_test()
         with PortForward() as pf:
             readme_path(pf.port)
@@ -478,8 +561,12 @@ def main(argv: list[str] | None = None) -> int:
             image,
         )
         kill_replica(cluster)
+        restart_head(cluster, image)
         switch_cluster("rollback", cluster, ["rollback", "mm", "-n", NS, "--wait"], image)
-        say(uninstall_and_check(NS, keep_pvc=False))
+        # the Redis Secrets are the user's (KubeRay's Redis cleanup Job reads them while it deletes)
+        secrets = ("secrets/redis-auth", "secrets/redis-ca")
+        say(uninstall_and_check(NS, keep_pvc=False, users=secrets))
+        kubectl("-n", NS, "delete", *secrets)
         kubectl("delete", "pv", "manymodels-e2e-catalog")
     except BaseException:
         diagnostics()

@@ -63,7 +63,11 @@ defaults
 frontend manymodels
     bind {config.host}:{config.port}
     option http-buffer-request
-    http-request return status 200 content-type text/plain string success if {{ path /-/healthz }}
+    # /-/healthz is what KubeRay asks (worker readiness probe, head serve label): a node whose Gateway
+    # can reach no replica must not be given traffic, e.g. while a new cluster's replicas come up
+    acl healthz path /-/healthz
+    http-request return status 503 content-type text/plain string "no replica reachable" if healthz !{{ nbsrv(replicas) gt 0 }}
+    http-request return status 200 content-type text/plain string success if healthz
     http-request deny deny_status 413 content-type application/json string "{{\\"error\\": \\"request body exceeds the {config.max_body_bytes}-byte limit\\"}}" if {{ req.hdr_val(content-length) gt {config.max_body_bytes} }}
     acl has_model_header req.hdr(x-model) -m found
     acl oip_model path_beg /v2/models/

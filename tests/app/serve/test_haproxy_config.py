@@ -192,6 +192,15 @@ def test_haproxy_routes_each_model_to_one_replica(tmp_path: Path, backends: dict
                 time.sleep(0.05)
             assert {ask(headers={"x-model": m})["server"] for m in MODELS} == {"b"}
 
+            # A Gateway that can reach no replica says so on /-/healthz (KubeRay's readiness question),
+            # so Kubernetes sends the node no traffic it would answer with 503.
+            proc.apply(render(config, [Endpoint("replica-gone", "127.0.0.1", free_port())]))
+            deadline = time.monotonic() + 10
+            while (health := client.get("/-/healthz")).status_code != 503:
+                assert time.monotonic() < deadline, "healthz still passes with no replica up"
+                time.sleep(0.05)
+            assert health.text == "no replica reachable"
+
         assert proc._proc is not None
         pid = proc._proc.pid
     finally:
