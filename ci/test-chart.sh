@@ -23,19 +23,30 @@ step "dependency (ci/chart-deps.sh) + Chart.lock in sync (helm's resolver)"
 "$ROOT/ci/chart-deps.sh" || { echo "dependency assembly failed" >&2; exit 1; }
 manymodels-chartlock -check "$ROOT" || fail "Chart.lock out of sync with Chart.yaml (run: ci/chart-deps.sh lock)"
 
-VALUES=("")
+# The bare defaults do not render by design (no model catalog: object storage or a PVC must be chosen);
+# ci/minimal-values.yaml is the defaults plus only that, and stands for them in every check below.
+VALUES=()
 for f in values/*.yaml ci/*-values.yaml; do VALUES+=("$f"); done
-label() { echo "${1:-defaults}"; }
-# -f arguments for one entry: a cloud file comes with what a user adds to it (ci/sites/<cloud>.yaml:
-# the identity and bucket it leaves empty, without which it does not render by design)
+label() { echo "$1"; }
+# -f arguments for one entry: a values/ file comes with what a user adds to it (ci/sites/<name>.yaml: the
+# identity and bucket a cloud file leaves empty, the catalog values/cpu.yaml leaves open, without which
+# it does not render by design)
 fargs() {
-  [[ -n $1 ]] || return 0
   echo "-f $1"
   local site=ci/sites/$(basename "$1")
   [[ $1 != values/* || ! -f $site ]] || echo "-f $site"
 }
 
-step "helm lint --strict (defaults, values/*.yaml, ci/*-values.yaml)"
+step "the bare defaults fail, naming the catalog values (helm template without -f)"
+if out=$(helm template mm "$ROOT" --kube-version "$KV" 2>&1); then
+  fail "helm template rendered the bare defaults: it must refuse to guess where the catalog is"
+elif grep -q 'no model catalog: set modelServer.userConfig.store.uri .* or set modelStore.pvc.enabled=true' <<<"$out"; then
+  echo "ok   $(grep -o 'no model catalog: [^(]*' <<<"$out" | head -1)..."
+else
+  echo "$out"; fail "the bare defaults failed without the 'no model catalog' message"
+fi
+
+step "helm lint --strict (values/*.yaml, ci/*-values.yaml; ci/minimal-values.yaml = the defaults + a catalog)"
 for f in "${VALUES[@]}"; do
   # shellcheck disable=SC2046
   if out=$(helm lint --strict "$ROOT" --kube-version "$KV" $(fargs "$f") 2>&1); then
@@ -133,7 +144,7 @@ step "promtool: the PrometheusRule's rules check and pass their unit tests (test
 PROM=$RENDER/promtool
 mkdir -p "$PROM"
 if helm template mm "$ROOT" --namespace models --kube-version "$KV" --show-only templates/prometheusrule.yaml \
-    --set metrics.prometheusRule.enabled=true,metrics.serviceMonitor.enabled=true >"$PROM/rule.yaml" \
+    -f ci/minimal-values.yaml --set metrics.prometheusRule.enabled=true,metrics.serviceMonitor.enabled=true >"$PROM/rule.yaml" \
   && "$PYTHON" -c 'import sys, yaml; rule = yaml.safe_load(open(sys.argv[1])); assert rule["kind"] == "PrometheusRule"; yaml.safe_dump(rule["spec"], sys.stdout, sort_keys=False)' \
     "$PROM/rule.yaml" >"$PROM/manymodels-rules.yaml"; then
   prom_tests=()

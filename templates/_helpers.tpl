@@ -163,12 +163,7 @@ Cross-field checks JSON Schema cannot express. Called from every template that d
 {{- if and (eq .Values.upgradeStrategy.type "NewClusterWithIncrementalUpgrade") (not .Values.rayAutoscaler.enabled) }}
 {{- fail "upgradeStrategy.type NewClusterWithIncrementalUpgrade needs rayAutoscaler.enabled" }}
 {{- end }}
-{{- if and .Values.modelStore.pvc.enabled (not .Values.modelStore.pvc.create) (not .Values.modelStore.pvc.existingClaim) }}
-{{- fail "modelStore.pvc.existingClaim is required when modelStore.pvc.create is false" }}
-{{- end }}
-{{- if and (not .Values.modelStore.pvc.enabled) (not .Values.modelServer.userConfig.store.uri) }}
-{{- fail "modelServer.userConfig.store.uri is required unless modelStore.pvc.enabled (a PVC mounted at modelStore.pvc.mountPath)" }}
-{{- end }}
+{{- include "manymodels.validateModelStore" . }}
 {{- /* The cloud files leave the identity and account values empty for you to fill in: an empty one
 would install fine and then fail every model read with 401/403, so it fails the render instead. */}}
 {{- range $key, $value := .Values.serviceAccount.annotations }}
@@ -184,4 +179,52 @@ would install fine and then fail every model read with 401/403, so it fails the 
 {{- include "manymodels.validatePods" . }}
 {{- include "manymodels.validateUpgradeStrategy" . }}
 {{- include "manymodels.validateRayAuth" . }}
+{{- end }}
+
+{{/*
+The model catalog (called from manymodels.validate, persistentvolumeclaim.yaml and catalog-loader.yaml).
+Object storage is the default; a PVC is opt-in, because the default storage class of GKE, EKS and AKS
+is ReadWriteOnce only: a ReadWriteMany claim on it never binds, and every Ray pod that mounts it stays
+Pending.
+*/}}
+{{- define "manymodels.validateModelStore" -}}
+{{- $p := .Values.modelStore.pvc -}}
+{{- if and (not $p.enabled) (not .Values.modelServer.userConfig.store.uri) -}}
+{{- fail "no model catalog: set modelServer.userConfig.store.uri to the object store that holds it (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX; values/{eks,gke,aks}.yaml), or set modelStore.pvc.enabled=true to mount a ReadWriteMany PVC at modelStore.pvc.mountPath (with modelStore.pvc.storageClassName, and modelStore.pvc.loader to fill it). docs/storage.md shows both" -}}
+{{- end -}}
+{{- if and $p.enabled (not $p.create) (not $p.existingClaim) -}}
+{{- fail "modelStore.pvc.existingClaim is required when modelStore.pvc.create is false" -}}
+{{- end -}}
+{{- $created := and $p.enabled $p.create (not $p.existingClaim) -}}
+{{- if and $created (not $p.storageClassName) (or (has "ReadWriteMany" $p.accessModes) (has "ReadOnlyMany" $p.accessModes)) -}}
+{{- fail (printf "modelStore.pvc.storageClassName is empty: the %v claim would get the cluster's default storage class, which on GKE, EKS and AKS is ReadWriteOnce only, so the claim and every Ray pod would stay Pending. Name a ReadWriteMany class: GKE (Filestore CSI driver) standard-rwx or enterprise-rwx; EKS (EFS CSI driver) the StorageClass you created for efs.csi.aws.com, e.g. efs-sc; AKS (Azure Files CSI driver) azurefile-csi or azurefile-csi-premium; elsewhere an NFS class (docs/storage.md). Or keep the catalog in object storage: modelStore.pvc.enabled=false and modelServer.userConfig.store.uri" (join "/" $p.accessModes)) -}}
+{{- end -}}
+{{- if $p.loader.enabled -}}
+{{- if not $p.enabled -}}
+{{- fail "modelStore.pvc.loader.enabled needs modelStore.pvc.enabled: the loader fills the PVC (with the catalog in object storage there is nothing to load)" -}}
+{{- end -}}
+{{- if not $p.loader.source -}}
+{{- fail "modelStore.pvc.loader.source is required: the catalog to copy into the PVC, e.g. s3://BUCKET/catalog, gs://BUCKET/catalog or az://CONTAINER/catalog" -}}
+{{- end -}}
+{{- if and $created (not (or (has "ReadWriteMany" $p.accessModes) (has "ReadWriteOnce" $p.accessModes))) -}}
+{{- fail (printf "modelStore.pvc.loader writes to the claim, but modelStore.pvc.accessModes is %v: add ReadWriteMany (the Ray pods still mount it read-only)" (join "/" $p.accessModes)) -}}
+{{- end -}}
+{{- $_ := include "manymodels.loaderDest" . -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Where the catalog loader writes: the folder the server reads, modelServer.userConfig.store.uri when it
+is a path on the claim (e.g. /models/catalog), else the claim's mountPath.
+*/}}
+{{- define "manymodels.loaderDest" -}}
+{{- $mount := trimSuffix "/" .Values.modelStore.pvc.mountPath | default "/" -}}
+{{- $uri := .Values.modelServer.userConfig.store.uri -}}
+{{- if not $uri -}}
+{{- $mount -}}
+{{- else if or (eq (trimSuffix "/" $uri) $mount) (hasPrefix (printf "%s/" (trimSuffix "/" $mount)) $uri) -}}
+{{- trimSuffix "/" $uri -}}
+{{- else -}}
+{{- fail (printf "modelStore.pvc.loader fills the PVC at %s, but the server reads modelServer.userConfig.store.uri %q: leave store.uri empty (the server then reads the claim) or point it at a folder under %s" $mount $uri $mount) -}}
+{{- end -}}
 {{- end }}

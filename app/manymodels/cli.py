@@ -2,8 +2,9 @@
 
 The container image's standalone entrypoint and ``make demo`` both end up here; on Kubernetes,
 KubeRay submits the same config to the cluster instead. ``serve`` and ``demo`` run under
-``manymodels.supervisor``, so any stop signal ends them in one orderly step; ``publish`` and
-``alias`` (``manymodels.cli_publish``) are short commands that run directly, without Ray.
+``manymodels.supervisor``, so any stop signal ends them in one orderly step; ``publish``, ``alias``
+(``manymodels.cli_publish``) and ``sync`` (``manymodels.cli_sync``) are short commands that run
+directly, without Ray.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from manymodels import cli_publish
+from manymodels import cli_publish, cli_sync
 from manymodels.config import load_serve_config
 from manymodels.supervisor import orphaned, run_supervised, supervisor_pid
 
@@ -66,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", required=True, help="Serve config YAML (${VAR:-default} expanded)")
     sub.add_parser("demo", help="build the demo catalog and serve it (make demo)")
     cli_publish.add_commands(sub)
+    cli_sync.add_commands(sub)
     args, rest = parser.parse_known_args(argv)
-    if args.command in cli_publish.COMMANDS:
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return cli_publish.run(args)
+    for short in (cli_publish, cli_sync):
+        if args.command in short.COMMANDS:
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            return short.run(args)
     if supervisor_pid() is None:
         return run_supervised("manymodels", sys.argv[1:] if argv is None else argv)
     if args.command == "demo":

@@ -225,18 +225,18 @@ def alias(args: argparse.Namespace) -> str:
     return f"alias {args.alias} -> {args.version} ({args.model} in {args.store})"
 
 
-def storage_options(value: str | None) -> dict[str, Any]:
+def storage_options(value: str | None, flag: str = "--storage-options") -> dict[str, Any]:
     """``--storage-options``: a JSON object, or ``@path`` to a file holding one."""
     if value is None:
         return {}
-    where = "--storage-options"
+    where = flag
     text = value
     if value.startswith("@"):
         where = value[1:]
         try:
             text = Path(where).read_text()
         except OSError as exc:
-            raise UsageError(f"--storage-options: cannot read {where!r}: {exc.strerror or exc}") from None
+            raise UsageError(f"{flag}: cannot read {where!r}: {exc.strerror or exc}") from None
     try:
         options = json.loads(text)
     except ValueError as exc:

@@ -147,6 +147,7 @@ def _helm() -> str:
 def render(template: str, *settings: str) -> dict:
     cmd = [_helm(), "template", "mm", str(ROOT), "--namespace", "models"]
     cmd += ["--kube-version", KUBE_VERSION, "--show-only", f"templates/{template}"]
+    cmd += ["-f", str(ROOT / "ci/minimal-values.yaml")]  # the bare defaults name no catalog: no render
     for setting in settings:
         cmd += ["--set", setting]
     out = subprocess.run(cmd, capture_output=True, text=True)

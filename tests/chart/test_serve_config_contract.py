@@ -1,7 +1,8 @@
 """Chart <-> app contract: the rendered serveConfigV2 is read by the app's own config loader.
 
-Renders the chart with the pinned helm (ci/chart-tools.sh) for the default values, every
-values/*.yaml and every ci/*-values.yaml, and feeds spec.serveConfigV2 to
+Renders the chart with the pinned helm (ci/chart-tools.sh) for every values/*.yaml and every
+ci/*-values.yaml (ci/minimal-values.yaml: the defaults plus the catalog a user must give; the bare
+defaults do not render), and feeds spec.serveConfigV2 to
 ``manymodels.config.app_settings``. Also checks that values.schema.json describes exactly the
 fields of the app's pydantic models, and that a model rollout changes serveConfigV2 only, never
 rayClusterConfig.
@@ -25,7 +26,8 @@ from manymodels import config as app_config
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE_VERSION = os.environ.get("MANYMODELS_KUBE_VERSION", "1.35.0")
-VALUES_FILES = [None] + sorted(
+MINIMAL = "ci/minimal-values.yaml"
+VALUES_FILES = sorted(
     str(p.relative_to(ROOT)) for p in [*ROOT.glob("values/*.yaml"), *ROOT.glob("ci/*-values.yaml")]
 )
 
@@ -33,9 +35,7 @@ VALUES_FILES = [None] + sorted(
 def _helm() -> str:
     found = os.environ.get("HELM") or shutil.which("helm")
     if not found:
-        tools = subprocess.run(
-            [str(ROOT / "ci/chart-tools.sh"), "path"], capture_output=True, text=True
-        )
+        tools = subprocess.run([str(ROOT / "ci/chart-tools.sh"), "path"], capture_output=True, text=True)
         for folder in tools.stdout.strip().split(":"):
             if folder and (Path(folder) / "helm").exists():
                 found = str(Path(folder) / "helm")
@@ -47,10 +47,10 @@ def _helm() -> str:
     return found
 
 
-def render(
-    values_file: str | None = None, overrides: dict | None = None, tmp_path: Path | None = None
-) -> dict:
-    """helm template the RayService and return it as a dict."""
+def helm_template(
+    values_file: str | None, overrides: dict | None, tmp_path: Path | None
+) -> subprocess.CompletedProcess[str]:
+    """helm template the RayService (None: the bare defaults); the finished process."""
     if not (ROOT / "charts/kuberay-operator/Chart.yaml").exists():
         if os.environ.get("MANYMODELS_REQUIRE_HELM") == "1":
             pytest.fail("charts/kuberay-operator missing: run ci/chart-deps.sh")
@@ -77,9 +77,24 @@ def render(
         extra = tmp_path / "overrides.yaml"
         extra.write_text(yaml.safe_dump(overrides))
         cmd += ["-f", str(extra)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def render(
+    values_file: str | None = MINIMAL, overrides: dict | None = None, tmp_path: Path | None = None
+) -> dict:
+    """helm template the RayService and return it as a dict."""
+    out = helm_template(values_file, overrides, tmp_path)
     assert out.returncode == 0, out.stderr
     return yaml.safe_load(out.stdout)
+
+
+def test_bare_defaults_name_both_ways_to_a_catalog():
+    """No catalog is guessed: object storage or a PVC, and the error says how to give either."""
+    out = helm_template(None, None, None)
+    assert out.returncode != 0
+    assert "no model catalog: set modelServer.userConfig.store.uri" in out.stderr
+    assert "or set modelStore.pvc.enabled=true" in out.stderr
 
 
 def serve_config(rayservice: dict) -> dict:
@@ -88,7 +103,7 @@ def serve_config(rayservice: dict) -> dict:
     return yaml.safe_load(text)
 
 
-@pytest.mark.parametrize("values_file", VALUES_FILES, ids=lambda v: v or "defaults")
+@pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_rendered_serve_config_is_read_by_the_app(values_file):
     config = serve_config(render(values_file))
     settings = app_config.app_settings(config)  # raises ValueError naming the field on any mismatch
