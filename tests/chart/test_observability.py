@@ -18,12 +18,12 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from helm_tool import find_helm
 from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.cache import ModelCache
@@ -125,27 +125,8 @@ def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
     return queries
 
 
-def _helm() -> str:
-    found = os.environ.get("HELM") or shutil.which("helm")
-    if not found:
-        tools = subprocess.run([str(ROOT / "ci/chart-tools.sh"), "path"], capture_output=True, text=True)
-        for folder in tools.stdout.strip().split(":"):
-            if folder and (Path(folder) / "helm").exists():
-                found = str(Path(folder) / "helm")
-                break
-    if not found:
-        if os.environ.get("MANYMODELS_REQUIRE_HELM") == "1":
-            pytest.fail("helm not found: run ci/chart-tools.sh")
-        pytest.skip("helm not installed (ci/chart-tools.sh installs it)")
-    if not (ROOT / "charts/kuberay-operator/Chart.yaml").exists():
-        if os.environ.get("MANYMODELS_REQUIRE_HELM") == "1":
-            pytest.fail("charts/kuberay-operator missing: run ci/chart-deps.sh")
-        pytest.skip("dependency not materialised (ci/chart-deps.sh)")
-    return found
-
-
 def render(template: str, *settings: str) -> dict:
-    cmd = [_helm(), "template", "mm", str(ROOT), "--namespace", "models"]
+    cmd = [find_helm(), "template", "mm", str(ROOT), "--namespace", "models"]
     cmd += ["--kube-version", KUBE_VERSION, "--show-only", f"templates/{template}"]
     cmd += ["-f", str(ROOT / "ci/minimal-values.yaml")]  # the bare defaults name no catalog: no render
     for setting in settings:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from helm_tool import find_helm
 
 from manymodels import config as app_config
 
@@ -32,21 +32,6 @@ VALUES_FILES = sorted(
 )
 
 
-def _helm() -> str:
-    found = os.environ.get("HELM") or shutil.which("helm")
-    if not found:
-        tools = subprocess.run([str(ROOT / "ci/chart-tools.sh"), "path"], capture_output=True, text=True)
-        for folder in tools.stdout.strip().split(":"):
-            if folder and (Path(folder) / "helm").exists():
-                found = str(Path(folder) / "helm")
-                break
-    if not found:
-        if os.environ.get("MANYMODELS_REQUIRE_HELM") == "1":
-            pytest.fail("helm not found: run ci/chart-tools.sh")
-        pytest.skip("helm not installed (ci/chart-tools.sh installs it)")
-    return found
-
-
 def helm_template(
     values_file: str | None, overrides: dict | None, tmp_path: Path | None
 ) -> subprocess.CompletedProcess[str]:
@@ -56,7 +41,7 @@ def helm_template(
             pytest.fail("charts/kuberay-operator missing: run ci/chart-deps.sh")
         pytest.skip("dependency not materialised (ci/chart-deps.sh)")
     cmd = [
-        _helm(),
+        find_helm(),
         "template",
         "t",
         str(ROOT),
