@@ -370,6 +370,9 @@ verify_clean() {
   for p in kubelet kube-proxy coredns; do
     pgrep -x "$p" >/dev/null && left+=("a $p process")
   done
+  # start_redis's server calls itself "redis-server <node address>:<port>" (a system Redis would be on
+  # 127.0.0.1)
+  pgrep -f "^redis-server $(node_ip 2>/dev/null || echo none):" >/dev/null && left+=("the e2e Redis")
   for fam in iptables ip6tables; do
     command -v "$fam-save" >/dev/null || continue
     "$fam-save" 2>/dev/null | grep -qE 'KUBE-|CNI-' && left+=("$fam rules/chains KUBE-*/CNI-*")

@@ -24,7 +24,8 @@ exist and none has the allocatable CPU, memory and GPUs one pod requests; with n
 {{- end -}}
 
 {{- define "manymodels.fitWarnings" -}}
-{{- $nodes := (lookup "v1" "Node" "" "").items | default list -}}
+{{- $nodes := list -}}
+{{- if .Values.clusterLookups }}{{ $nodes = (lookup "v1" "Node" "" "").items | default list }}{{ end -}}
 {{- $pods := dict -}}
 {{- $_ := set $pods "head" (dict "resources" .Values.head.resources "nodeSelector" .Values.head.nodeSelector "gpus" 0) -}}
 {{- range $name, $g := .Values.workerGroups -}}

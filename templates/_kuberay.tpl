@@ -29,7 +29,8 @@ WITHOUT authentication and nothing would say so. Two guards:
 {{- fail (printf "rayAuth.mode token needs KubeRay >= %s, but the bundled kuberay-operator chart is %s: it would drop authOptions and run Ray without authentication. Use kuberay-operator >= %s (Chart.yaml), or set rayAuth.mode=disabled knowingly" $min $version $min) -}}
 {{- end -}}
 {{- end -}}
-{{- $crd := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" "rayservices.ray.io" -}}
+{{- $crd := dict -}}
+{{- if .Values.clusterLookups }}{{ $crd = lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" "rayservices.ray.io" }}{{ end -}}
 {{- if $crd -}}
 {{- range (dig "spec" "versions" list $crd) -}}
 {{- if and (eq .name "v1") .served -}}

@@ -86,7 +86,13 @@ is sized to the store instead (manymodels.rayMemory, templates/_raypod.tpl).
 {{- $root := index . 0 }}{{ $g := index . 1 -}}
 {{- $params := deepCopy (default dict $g.rayStartParams) -}}
 {{- $memory := include "manymodels.rayMemory" (list $root $g) | fromJson -}}
-{{- if and (not (hasKey $params "object-store-memory")) (hasKey $memory "store") -}}
+{{- if hasKey $params "object-store-memory" -}}
+{{- /* Ray takes whole bytes only: a quantity ("2Gi") or a number a values file turned into a float
+(2000000000 renders as 2e+09) is normalised here, and anything else fails the render */ -}}
+{{- $set := index $params "object-store-memory" -}}
+{{- if kindIs "string" $set }}{{ $_ := set $params "object-store-memory" (include "manymodels.bytes" $set) }}
+{{- else }}{{ $_ := set $params "object-store-memory" (int64 $set | toString) }}{{ end -}}
+{{- else if hasKey $memory "store" -}}
 {{- $_ := set $params "object-store-memory" $memory.store -}}
 {{- end -}}
 {{- range $k, $val := $params }}

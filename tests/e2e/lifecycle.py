@@ -38,6 +38,7 @@ from kube import (
     kubectl,
     pods_of,
     rayclusters,
+    rayservice,
     uninstall_and_check,
     value_change_rows,
     wait_for,
@@ -446,6 +447,17 @@ EFFECTS = {
 }
 
 
+def reconciled(ns: str) -> None:
+    """The operator has reconciled the RayService's current spec (status.observedGeneration)."""
+
+    def seen() -> bool:
+        rs = rayservice(ns)
+        return rs.get("status", {}).get("observedGeneration") == rs["metadata"]["generation"]
+
+    wait_for("the operator to reconcile the upgrade (observedGeneration)", seen, 60, interval=0.5)
+    time.sleep(2)  # the cluster it may create comes in the same reconcile; give the informers a beat
+
+
 def value_changes() -> None:
     """Every e2e-k8s row of the table, applied in order to one live release (`--reuse-values`, so each
     row changes only what it names): a new RayCluster appears exactly for "new cluster" rows, and the
@@ -468,17 +480,25 @@ def value_changes() -> None:
         t = time.monotonic()
         notes = helm("upgrade", "mm", str(ROOT), "-n", ns, "--reuse-values", *flags)
         assert note in notes, f"{flags}: the notes do not say {note!r}:\n{notes}"
+        reconciled(ns)
+        pending = rayservice(ns).get("status", {}).get("pendingServiceStatus", {}).get("rayClusterName", "")
         if new_cluster:
-            names = wait_for(
-                f"a new RayCluster after {flags}",
-                lambda seen=seen: (n := {c["metadata"]["name"] for c in rayclusters(ns)}) - seen and n,
+            # the operator named a new pending cluster in the status it wrote for this generation, and
+            # built it
+            assert pending and pending not in seen, (
+                f"{flags}: no new pending cluster ({pending!r}, seen {seen})"
+            )
+            wait_for(
+                f"RayCluster {pending}",
+                lambda pending=pending: pending in {c["metadata"]["name"] for c in rayclusters(ns)},
                 60,
             )
-            seen |= names
+            seen.add(pending)
         else:
-            time.sleep(5)  # the operator reconciles a RayService change within a second
             names = {c["metadata"]["name"] for c in rayclusters(ns)}
-            assert names <= seen, f"{flags} ({effect}) built a new RayCluster: {names - seen}"
+            assert pending in seen and names <= seen, (
+                f"{flags} ({effect}) built a new RayCluster: {pending}, {names}"
+            )
         say(f"{' '.join(flags)}: {effect}, as docs/chart.md says ({time.monotonic() - t:.1f} s)")
     say(f"{len(rows)} value changes behaved as the table says")
     say(uninstall_and_check(ns, keep_pvc=False))

@@ -479,6 +479,10 @@ def restart_head(cluster: str, image: str) -> None:
         t = time.monotonic()
         kubectl("-n", NS, "delete", "pod", head, "--wait=false")
         say(f"deleted the head pod {head} under load")
+        # "answered while the head was away" counts from the moment the old head pod is gone (it serves
+        # on through its grace period)
+        wait_for(f"the old head pod {head} gone", lambda: head not in heads(cluster), 180, interval=0.5)
+        t_gone = time.monotonic()
 
         def back():
             running_pods(cluster, image)
@@ -492,7 +496,7 @@ def restart_head(cluster: str, image: str) -> None:
         time.sleep(5)
     n, counts, failures = count(load, t)
     results = [r for r in load.snapshot() if r[0] >= t]
-    ok_while_down = sum(1 for ts, _, v in results if ts <= t + t_back and not v.startswith("ERR"))
+    ok_while_down = sum(1 for ts, _, v in results if t_gone <= ts <= t + t_back and not v.startswith("ERR"))
     after = pod_state(cluster)
     assert after.get(worker) == worker_before, (
         f"the worker was replaced or restarted: {worker_before} -> {after}"
