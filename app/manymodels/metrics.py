@@ -1,9 +1,8 @@
 """Prometheus metrics for one replica: requests and latency per model, and the cache's own stats.
 
 Cache counters are read from ``ModelCache.stats()`` at scrape time (a custom collector), so the hot
-path pays nothing for them. Every series carries a ``replica`` label; each node's Gateway concatenates
-the pages of the replicas on its node (``manymodels.serve.gateway.node_local``), so scraping every
-serving pod sees each replica once.
+path pays nothing for them. Every series carries a ``replica`` label; the Gateway concatenates the
+replicas' pages.
 """
 
 from __future__ import annotations

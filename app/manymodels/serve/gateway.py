@@ -56,7 +56,7 @@ class Gateway:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._leaving = False
-        self._metrics = _MetricsServer(lambda: node_local(self._replicas, _node_ip()))
+        self._metrics = _MetricsServer(lambda: self._replicas)
         self._thread = threading.Thread(target=self._watch, name="mm-gateway", daemon=True)
         self._thread.start()
 
@@ -164,16 +164,8 @@ def _node_ip() -> str:
     return ray.util.get_node_ip_address()
 
 
-def node_local(replicas: list[registry.Endpoint], node_ip: str) -> list[registry.Endpoint]:
-    """The replicas on this Gateway's node: announced with the node's address, or with a loopback one
-    (a replica bound to 127.0.0.1 is reachable from its own node only). Each node's Gateway serves
-    its own replicas' metrics, so a scrape of every serving pod sees each replica exactly once; with
-    every replica on every node's page, each series would be counted once per node."""
-    return [r for r in replicas if r.host == node_ip or r.host == "localhost" or r.host.startswith("127.")]
-
-
 class _MetricsServer:
-    """``/metrics`` for the node: its replicas' pages (``node_local``), fetched directly and merged."""
+    """``/metrics`` for the whole node: every replica's page, fetched directly and merged."""
 
     def __init__(self, replicas: Callable[[], list[registry.Endpoint]]) -> None:
         def fetch(endpoint: registry.Endpoint) -> str:
