@@ -24,7 +24,7 @@ import contextlib
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -127,18 +127,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``publish`` or ``alias`` command; returns the exit status."""
-    try:
-        if args.command == "publish":
-            print(publish(args), flush=True)
-        else:
-            print(alias(args), flush=True)
+
+    def action() -> int:
+        print(publish(args) if args.command == "publish" else alias(args), flush=True)
         return 0
+
+    return run_guarded(args.command, [args.store], action)
+
+
+def run_guarded(command: str, uris: Sequence[str], action: Callable[[], int]) -> int:
+    """``action()``'s exit status, or a store CLI's failure as one line on stderr: bad input and a
+    missing fsspec backend exit 2 (with the extra to install for the first of ``uris`` that needs
+    one), storage errors (permissions, network) 1."""
+    try:
+        return action()
     except (UsageError, ManyModelsError, ValueError) as exc:  # ValueError: fsspec's unknown protocol
-        return _fail(args.command, str(exc), 2)
+        return _fail(command, str(exc), 2)
     except ImportError as exc:  # fsspec: "Install s3fs to access S3"
-        return _fail(args.command, f"{exc}{_extra_hint(args.store)}", 2)
+        hint = next((h for h in map(_extra_hint, uris) if h), "")
+        return _fail(command, f"{exc}{hint}", 2)
     except OSError as exc:
-        return _fail(args.command, f"{type(exc).__name__}: {exc}", 1)
+        return _fail(command, f"{type(exc).__name__}: {exc}", 1)
 
 
 def publish(args: argparse.Namespace) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manymodels.cli_publish import UsageError, _extra_hint, _fail, _opened, storage_options
+from manymodels.cli_publish import UsageError, _opened, run_guarded, storage_options
 from manymodels.errors import ArtifactIntegrityError, ManyModelsError, ModelNotFound
 from manymodels.store import (
     ModelManifest,
@@ -96,7 +96,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``sync`` command; returns the exit status."""
-    try:
+
+    def action() -> int:
         summary = sync(
             args.source,
             args.dest,
@@ -105,14 +106,10 @@ def run(args: argparse.Namespace) -> int:
             source_options=storage_options(args.storage_options),
             dest_options=storage_options(args.dest_storage_options, "--dest-storage-options"),
         )
-    except (UsageError, ManyModelsError, ValueError) as exc:  # ValueError: fsspec's unknown protocol
-        return _fail("sync", str(exc), 2)
-    except ImportError as exc:  # fsspec: "Install s3fs to access S3"
-        return _fail("sync", f"{exc}{_extra_hint(args.source) or _extra_hint(args.dest)}", 2)
-    except OSError as exc:
-        return _fail("sync", f"{type(exc).__name__}: {exc}", 1)
-    print(summary.line(args.source, args.dest), flush=True)
-    return 1 if summary.failed else 0
+        print(summary.line(args.source, args.dest), flush=True)
+        return 1 if summary.failed else 0
+
+    return run_guarded("sync", [args.source, args.dest], action)
 
 
 def sync(
