@@ -75,6 +75,21 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 {{- end }}
 
+{{/*
+The serve Service's labels: the chart's own plus service.labels. KubeRay creates the Service with them
+(templates/rayservice.yaml) and the sync hook applies them later (templates/service-sync-hook.yaml); both
+also record the key lists (manymodels.keyList) that tell the hook which keys are the chart's to remove,
+so the two must compute them alike.
+*/}}
+{{- define "manymodels.serveServiceLabels" -}}
+{{- toJson (merge (dict) (default dict .Values.service.labels) (include "manymodels.resourceLabels" . | fromYaml)) -}}
+{{- end }}
+
+{{/* A map's keys, sorted, comma-separated: the record of the keys the chart set. */}}
+{{- define "manymodels.keyList" -}}
+{{- keys (default dict .) | sortAlpha | join "," -}}
+{{- end }}
+
 {{- define "manymodels.pvcName" -}}
 {{- if .Values.modelStore.pvc.existingClaim }}
 {{- .Values.modelStore.pvc.existingClaim }}
