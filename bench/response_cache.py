@@ -181,8 +181,9 @@ def main() -> None:
                 repeated = bodies(port, m, DISTINCT, seed=1)
                 switch(config, url, port, m, on=False)
                 runs[(m, "repeated", "off1")] = measure(url, port, repeated, m, seconds, warmup=1.0)
-                # Enough distinct rows that no client wraps around; no warm-up, which would replay them.
-                n = int(runs[(m, "repeated", "off1")][0].rps * seconds * 1.5) + 1000
+                # Enough distinct rows that no client reaches the next one's share even at 3x the uncached
+                # rate (a busy machine swings that much); no warm-up, which would replay them.
+                n = int(runs[(m, "repeated", "off1")][0].rps * seconds * 3) + 2000
                 unique = bodies(port, m, n, seed=2)
                 runs[(m, "unique", "off1")] = measure(url, port, unique, m, seconds, warmup=0)
                 switch(config, url, port, m, on=True)
