@@ -222,12 +222,11 @@ def report(
                 f"| {m} ({'-'.join(map(str, sizes))}) | {raw[m]:.3f} ms | {case} | {fmt(off1[0])} "
                 f"| {fmt(on[0])} | {fmt(off2[0])} | {on[1]:.0f} / {on[2]:.0f} | **{ratio:.2f}x** |"
             )
-    lines.append("")
-    for m in MODELS:
+    for m in MODELS:  # one paragraph each, as in bench/http_overhead.py
         ratio = ratios[(m, "repeated")]
         verdict = ("PASS" if ratio >= TARGET else "MISS") if m in JUDGED else "(reference, not judged)"
         lines.append(
-            f"{m}: repeated inputs {ratio:.2f}x uncached (target >= {TARGET}x) {verdict}; "
+            f"\n{m}: repeated inputs {ratio:.2f}x uncached (target >= {TARGET}x) {verdict}; "
             f"unique inputs (the cost of misses) {ratios[(m, 'unique')]:.2f}x"
         )
     lines.append(
