@@ -81,8 +81,11 @@ class CacheConfig(_Strict):
     policy: str = DEFAULT_POLICY
     pin: list[str] = Field(default_factory=list, description="model or model:version kept resident")
     prefetch: list[str] = Field(default_factory=list, description="loaded when a replica starts")
+    response_cache_bytes: int = Field(
+        default=64 * 2**20, description="answers of models with response_cache: true; 0 disables"
+    )
 
-    _bytes = field_validator("capacity_bytes", mode="before")(parse_bytes)
+    _bytes = field_validator("capacity_bytes", "response_cache_bytes", mode="before")(parse_bytes)
 
     @field_validator("policy")
     @classmethod
@@ -103,6 +106,21 @@ class ModelOptions(_Strict):
     )
     module_options: dict[str, Any] = Field(default_factory=dict, description="the module's kwargs")
     allow_nonfinite: bool = False
+    response_cache: bool = Field(
+        default=False, description="answer repeated inputs from a per-replica cache (same version)"
+    )
+    deterministic: bool = Field(
+        default=True, description="false: the same inputs may give other answers; never cached"
+    )
+
+    @model_validator(mode="after")
+    def _cache_only_deterministic(self) -> ModelOptions:
+        if self.response_cache and not self.deterministic:
+            raise ValueError(
+                "response_cache: true and deterministic: false conflict: "
+                "a non-deterministic model's answers must not be replayed"
+            )
+        return self
 
 
 class Limits(_Strict):

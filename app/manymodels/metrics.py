@@ -8,12 +8,16 @@ replicas' pages.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from manymodels.cache import CacheStats
+
+if TYPE_CHECKING:  # the data plane imports this module
+    from manymodels.dataplane.response_cache import ResponseCacheStats
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -66,6 +70,42 @@ class _CacheCollector(Collector):
         yield per_model
 
 
+class _ResponseCacheCollector(Collector):
+    def __init__(self, replica: str, stats: Callable[[], ResponseCacheStats]) -> None:
+        self._replica = replica
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        for name, doc, per_model in (
+            ("hits", "requests answered from the response cache", s.hits),
+            ("misses", "requests of models with the response cache on that ran the model", s.misses),
+        ):
+            family = CounterMetricFamily(
+                f"manymodels_response_cache_{name}", doc, labels=["replica", "model"]
+            )
+            for model, value in sorted(per_model.items()):
+                family.add_metric([self._replica, model], value)
+            yield family
+        counters = {
+            "evictions": ("answers evicted to stay within the budget", s.evictions),
+            "skipped": ("answers not kept: bigger than the per-entry limit", s.skipped),
+        }
+        for name, (doc, value) in counters.items():
+            family = CounterMetricFamily(f"manymodels_response_cache_{name}", doc, labels=["replica"])
+            family.add_metric([self._replica], value)
+            yield family
+        gauges = {
+            "entries": ("cached answers", s.entries),
+            "bytes": ("bytes of cached answers, keys and bookkeeping", s.bytes),
+            "capacity_bytes": ("response cache budget in bytes", s.capacity_bytes),
+        }
+        for name, (doc, value) in gauges.items():
+            family = GaugeMetricFamily(f"manymodels_response_cache_{name}", doc, labels=["replica"])
+            family.add_metric([self._replica], value)
+            yield family
+
+
 class Metrics:
     def __init__(self, replica: str) -> None:
         self.replica = replica
@@ -108,6 +148,10 @@ class Metrics:
         self, stats: Callable[[], CacheStats], resident: Callable[[], list[tuple[str, int]]]
     ) -> None:
         self.registry.register(_CacheCollector(self.replica, stats, resident))
+
+    def watch_responses(self, stats: Callable[[], ResponseCacheStats]) -> None:
+        """Read at scrape time, like the model cache's: the request path only bumps plain ints."""
+        self.registry.register(_ResponseCacheCollector(self.replica, stats))
 
     def observe(self, model: str, code: int, seconds: float) -> None:
         self.requests.labels(self.replica, model, str(code)).inc()

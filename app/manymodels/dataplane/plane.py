@@ -21,6 +21,7 @@ from manymodels.config import ServerConfig
 from manymodels.dataplane.inference import Inference
 from manymodels.dataplane.live_catalog import LiveCatalog
 from manymodels.dataplane.loader import ModelLoader, cache_key
+from manymodels.dataplane.response_cache import ResponseCache, caches, response_key
 from manymodels.dataplane.rollout import Rollout, check_code
 from manymodels.dataplane.served import ServedModel
 from manymodels.errors import ArtifactIntegrityError, InvalidRequest, ModelLoadError
@@ -40,7 +41,9 @@ class DataPlane:
         self.loader = ModelLoader(self.live, config, self.metrics)
         self.rollout = Rollout(config, self.live, self.loader, self.metrics)
         self.inference = Inference()
+        self.responses = ResponseCache(config.cache.response_cache_bytes)
         self.metrics.watch_cache(self.cache.stats, self.cache.resident)
+        self.metrics.watch_responses(self.responses.stats)
         self._background: set[asyncio.Task[Any]] = set()
         self._poll: asyncio.Task[None] | None = None
 
@@ -63,7 +66,10 @@ class DataPlane:
 
     async def reconfigure(self, config: ServerConfig) -> None:
         """Apply a new ``user_config`` in place (see ``Rollout.apply``)."""
+        before = self.config
         await self.rollout.apply(config)
+        # No await since apply's store switch: no request saw the new store with the old answers.
+        self.responses.apply(before, self.config)
         self._spawn(self.rollout.prefetch(config.cache.prefetch))
 
     @property
@@ -105,14 +111,29 @@ class DataPlane:
         return served
 
     async def infer(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check ``inputs`` against the manifest (once, for every protocol), then run the model."""
+        """Check ``inputs`` against the manifest (once, for every protocol), then answer from the
+        response cache if the model opted in and the same inputs were seen, else run the model."""
         check_inputs(
             served.manifest.inputs,
             inputs,
             allow_nonfinite=served.options.allow_nonfinite,
             max_batch=self.config.limits.max_batch,
         )
-        return await self.inference.run(served, inputs, inline_max_ms=self.config.inline_infer_max_ms)
+        key = self._response_key(served, inputs)
+        if key is not None and (cached := self.responses.get(served.manifest.name, key)) is not None:
+            return cached
+        generation = self.responses.generation
+        outputs = await self.inference.run(served, inputs, inline_max_ms=self.config.inline_infer_max_ms)
+        # A retired model (store switch, unload, eviction) may no longer be what its name serves.
+        if key is not None and not served.retired:
+            self.responses.put(served.manifest.name, served.manifest.version, key, outputs, generation)
+        return outputs
+
+    def _response_key(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> bytes | None:
+        # The live config decides, not the options the model was loaded with: "off" applies at once.
+        if not (self.responses.enabled and caches(self.config.models.get(served.manifest.name))):
+            return None
+        return response_key(served.manifest.name, served.manifest.version, inputs)
 
     # ---- metadata and repository ---------------------------------------------------------
 
@@ -145,6 +166,7 @@ class DataPlane:
 
     def unload(self, model: str) -> int:
         self.live.resolve(model, None)  # 404 for unknown models
+        self.responses.drop(model)  # an explicit unload asks for the model's memory back
         return self.loader.unload(model)
 
     def server_metadata(self) -> dict[str, Any]:
