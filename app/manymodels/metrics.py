@@ -66,6 +66,23 @@ class _CacheCollector(Collector):
         yield per_model
 
 
+class _AdmissionCollector(Collector):
+    """Inference requests running and waiting for a slot, read at scrape time."""
+
+    def __init__(self, replica: str, inflight: Callable[[], int], queued: Callable[[], int]) -> None:
+        self._replica = replica
+        self._gauges = {
+            "inflight": ("inference requests running on the replica", inflight),
+            "queued": ("inference requests waiting for a slot on the replica", queued),
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (doc, read) in self._gauges.items():
+            family = GaugeMetricFamily(f"manymodels_requests_{name}", doc, labels=["replica"])
+            family.add_metric([self._replica], read())
+            yield family
+
+
 class Metrics:
     def __init__(self, replica: str) -> None:
         self.replica = replica
@@ -97,6 +114,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rejected = Counter(
+            "manymodels_requests_rejected",
+            "inference requests refused with 503 before running (queue_full: every slot taken, line full)",
+            ["replica", "reason"],
+            registry=self.registry,
+        )
         self.config_rejected = Counter(
             "manymodels_config_rejected",
             "user_config updates refused (e.g. a processor that does not import); the old one serves",
@@ -108,6 +131,9 @@ class Metrics:
         self, stats: Callable[[], CacheStats], resident: Callable[[], list[tuple[str, int]]]
     ) -> None:
         self.registry.register(_CacheCollector(self.replica, stats, resident))
+
+    def watch_admission(self, inflight: Callable[[], int], queued: Callable[[], int]) -> None:
+        self.registry.register(_AdmissionCollector(self.replica, inflight, queued))
 
     def observe(self, model: str, code: int, seconds: float) -> None:
         self.requests.labels(self.replica, model, str(code)).inc()
