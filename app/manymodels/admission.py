@@ -45,10 +45,16 @@ class Admission:
             if self._hand_over():
                 self.ongoing += 1
 
-    async def enter(self) -> None:
-        """Take a slot, waiting in line if all are taken; raises ``Overloaded`` if the line is full."""
+    def try_enter(self) -> bool:
+        """Take a free slot if there is one and nobody waits for it (no await: the hot path)."""
         if self.ongoing < self.max_ongoing and not self._waiting:
             self.ongoing += 1
+            return True
+        return False
+
+    async def enter(self) -> None:
+        """Take a slot, waiting in line if all are taken; raises ``Overloaded`` if the line is full."""
+        if self.try_enter():
             return
         if self.max_queued != UNBOUNDED and len(self._waiting) >= self.max_queued:
             self.rejected += 1

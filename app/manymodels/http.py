@@ -315,18 +315,24 @@ class FastPath:
         if scope["method"] != "POST":
             status, body, extra = 405, orjson.dumps({"error": f"{scope['method']} not allowed here"}), []
         else:
+            admission = self.admission
+            if not admission.try_enter():  # every slot taken: wait in line, or be refused
+                try:
+                    await admission.enter()
+                except Overloaded as exc:
+                    await refused(self.plane, exc, "/predict")(scope, receive, send)
+                    return
+            x_model = next((v.decode("latin-1") for k, v in headers if k == b"x-model"), None)
             try:
-                await self.admission.enter()
-            except Overloaded as exc:
-                await refused(self.plane, exc, "/predict")(scope, receive, send)
-                return
-            try:
-                answer = await self._predict(headers, receive)
+                raw = await receive_body(headers, receive, self.plane.config.limits.max_body_bytes)
+                if raw is None:
+                    return
+                status, body, extra = await predict_bytes(self.plane, raw, x_model)
+            except Exception as exc:  # PayloadTooLarge, or anything unforeseen
+                status, body, extra = error_reply(exc, "/predict")
+                self.plane.metrics.observe("-", status, 0.0)
             finally:
-                self.admission.leave()
-            if answer is None:
-                return  # the client went away
-            status, body, extra = answer
+                admission.leave()
         await send(
             {
                 "type": "http.response.start",
@@ -339,18 +345,6 @@ class FastPath:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-    async def _predict(self, headers: Headers, receive: Any) -> tuple[int, bytes, Headers] | None:
-        x_model = next((v.decode("latin-1") for k, v in headers if k == b"x-model"), None)
-        try:
-            raw = await receive_body(headers, receive, self.plane.config.limits.max_body_bytes)
-            if raw is None:
-                return None
-            return await predict_bytes(self.plane, raw, x_model)
-        except Exception as exc:  # PayloadTooLarge, or anything unforeseen
-            status, body, extra = error_reply(exc, "/predict")
-            self.plane.metrics.observe("-", status, 0.0)
-            return status, body, extra
 
 
 def _label(model: str, exc: BaseException) -> str:
