@@ -10,7 +10,7 @@ STAGE := $(CURDIR)/ci/stage.sh
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv demo test test-app test-cold lint bench-cache bench-http bench-response-cache clean
+.PHONY: venv demo test test-app test-cold lint bench-cache bench-http bench-response-cache bench-overload clean
 
 # The virtual environment; pip's own cache (PIP_CACHE_DIR, default ~/.cache/pip) keeps repeat installs fast.
 $(VENV)/.installed: app/pyproject.toml requirements-dev.txt
@@ -44,6 +44,9 @@ bench-http: venv
 
 bench-response-cache: venv
 	$(PY) bench/response_cache.py
+
+bench-overload: venv
+	$(PY) bench/overload.py
 
 include ci/store.mk
 include ci/chart.mk

@@ -18,10 +18,14 @@ import numpy as np
 @dataclass
 class Result:
     requests: int = 0
-    errors: int = 0
+    errors: int = 0  # every request without a 200: the 503s and connection errors below included
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)  # last value of each watched header
+    rejected: int = 0  # 503s (the server shed load)
+    rejected_latencies: list[float] = field(default_factory=list)
+    rejected_without_retry_after: int = 0
+    connection_errors: int = 0  # no answer at all (reset, closed mid-response)
 
     @property
     def rps(self) -> float:
@@ -29,6 +33,11 @@ class Result:
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
+
+    def rejected_pct(self, q: float) -> float:
+        """Latency percentile of the 503s, in ms."""
+        lat = self.rejected_latencies
+        return float(np.percentile(lat, q) * 1000) if lat else float("nan")
 
 
 def post_request(
@@ -49,6 +58,7 @@ async def _worker(
     result: Result,
     watch: str | None,
     record: bool,
+    honor_retry_after: bool = False,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -59,7 +69,7 @@ async def _worker(
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 status = int(lines[0].split(" ", 2)[1])
-                length, close = 0, False
+                length, close, retry_after = 0, False, ""
                 for line in lines[1:]:
                     name, _, value = line.partition(":")
                     name = name.lower()
@@ -67,6 +77,8 @@ async def _worker(
                         length = int(value)
                     elif name == "connection":
                         close = value.strip().lower() == "close"
+                    elif name == "retry-after":
+                        retry_after = value.strip()
                     elif watch and name == watch:
                         result.headers[value.strip().split("=")[0]] = value.strip()
                 if length:
@@ -74,11 +86,19 @@ async def _worker(
             except (asyncio.IncompleteReadError, ConnectionError):
                 # A real failure for the client (the request got no answer): count it, reconnect.
                 result.errors += 1
+                result.connection_errors += 1
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
                 continue
             if status != 200:
                 result.errors += 1
+                if status == 503 and record:
+                    result.rejected += 1
+                    result.rejected_latencies.append(time.perf_counter() - started)
+                    result.rejected_without_retry_after += not retry_after
+                if status == 503 and honor_retry_after and retry_after.isdigit():
+                    # a polite client comes back when told to (not past the end of the run)
+                    await asyncio.sleep(max(0.0, min(float(retry_after), until - time.perf_counter())))
             elif record:
                 result.requests += 1
                 result.latencies.append(time.perf_counter() - started)
@@ -97,6 +117,7 @@ async def _run(
     seconds: float,
     warmup: float,
     watch: str | None,
+    honor_retry_after: bool = False,
 ) -> Result:
     if warmup:
         await asyncio.gather(
@@ -108,7 +129,10 @@ async def _run(
     result = Result()
     started = time.perf_counter()
     await asyncio.gather(
-        *[_worker(host, port, make(i), started + seconds, result, watch, True) for i in range(clients)]
+        *[
+            _worker(host, port, make(i), started + seconds, result, watch, True, honor_retry_after)
+            for i in range(clients)
+        ]
     )
     result.seconds = time.perf_counter() - started
     return result
@@ -123,8 +147,11 @@ def run_load(
     seconds: float,
     warmup: float = 1.0,
     watch: str | None = None,
+    honor_retry_after: bool = False,
 ) -> Result:
-    """``bodies`` are whole request bytes; each client cycles through them from its own offset."""
+    """``bodies`` are whole request bytes; each client cycles through them from its own offset.
+    With ``honor_retry_after`` a client answered 503 waits its ``Retry-After`` before the next request
+    (else it retries at once, as a plain closed loop does)."""
 
     def make(i: int) -> Iterator[bytes]:
         offset = (i * len(bodies)) // max(clients, 1)
@@ -133,6 +160,6 @@ def run_load(
     try:
         import uvloop
 
-        return uvloop.run(_run(host, port, make, clients, seconds, warmup, watch))
+        return uvloop.run(_run(host, port, make, clients, seconds, warmup, watch, honor_retry_after))
     except ImportError:
-        return asyncio.run(_run(host, port, make, clients, seconds, warmup, watch))
+        return asyncio.run(_run(host, port, make, clients, seconds, warmup, watch, honor_retry_after))

@@ -20,7 +20,7 @@ it in place (tests/chart/rayservice_test.yaml checks this).
 {{- $actor := dict "num_cpus" $ms.rayActorOptions.numCpus }}
 {{- if $ms.rayActorOptions.numGpus }}{{ $_ := set $actor "num_gpus" $ms.rayActorOptions.numGpus }}{{ end }}
 {{- if $ms.rayActorOptions.memory }}{{ $_ := set $actor "memory" (include "manymodels.bytes" $ms.rayActorOptions.memory | int64) }}{{ end }}
-{{- $modelServer := dict "name" "ModelServer" "max_ongoing_requests" $ms.maxOngoingRequests "ray_actor_options" $actor "user_config" $server }}
+{{- $modelServer := dict "name" "ModelServer" "max_ongoing_requests" $ms.maxOngoingRequests "max_queued_requests" $ms.maxQueuedRequests "ray_actor_options" $actor "user_config" $server }}
 {{- if $ms.autoscaling.enabled }}
 {{- $as := $ms.autoscaling }}
 {{- $asc := dict "min_replicas" $as.minReplicas "max_replicas" $as.maxReplicas "target_ongoing_requests" $as.targetOngoingRequests "upscale_delay_s" $as.upscaleDelayS "downscale_delay_s" $as.downscaleDelayS "policy" (dict "policy_function" "manymodels.serve.autoscaling:inflight_policy") }}

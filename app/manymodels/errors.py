@@ -57,6 +57,14 @@ class OutOfMemory(ManyModelsError):
     retry_after = 1
 
 
+class Overloaded(ManyModelsError):
+    """Every request slot of the replica is taken and its waiting line is full; another replica, or
+    this one a moment later, can take the request."""
+
+    status = 503
+    retry_after = 1
+
+
 class ConfigurationError(ManyModelsError, ValueError):
     """The serve config names something that cannot work (e.g. a processor that does not import).
 

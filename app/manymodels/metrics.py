@@ -106,6 +106,23 @@ class _ResponseCacheCollector(Collector):
             yield family
 
 
+class _AdmissionCollector(Collector):
+    """Inference requests running and waiting for a slot, read at scrape time."""
+
+    def __init__(self, replica: str, inflight: Callable[[], int], queued: Callable[[], int]) -> None:
+        self._replica = replica
+        self._gauges = {
+            "inflight": ("inference requests running on the replica", inflight),
+            "queued": ("inference requests waiting for a slot on the replica", queued),
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (doc, read) in self._gauges.items():
+            family = GaugeMetricFamily(f"manymodels_requests_{name}", doc, labels=["replica"])
+            family.add_metric([self._replica], read())
+            yield family
+
+
 class Metrics:
     def __init__(self, replica: str) -> None:
         self.replica = replica
@@ -137,6 +154,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rejected = Counter(
+            "manymodels_requests_rejected",
+            "inference requests refused with 503 before running (queue_full: every slot taken, line full)",
+            ["replica", "reason"],
+            registry=self.registry,
+        )
         self.config_rejected = Counter(
             "manymodels_config_rejected",
             "user_config updates refused (e.g. a processor that does not import); the old one serves",
@@ -152,6 +175,9 @@ class Metrics:
     def watch_responses(self, stats: Callable[[], ResponseCacheStats]) -> None:
         """Read at scrape time, like the model cache's: the request path only bumps plain ints."""
         self.registry.register(_ResponseCacheCollector(self.replica, stats))
+
+    def watch_admission(self, inflight: Callable[[], int], queued: Callable[[], int]) -> None:
+        self.registry.register(_AdmissionCollector(self.replica, inflight, queued))
 
     def observe(self, model: str, code: int, seconds: float) -> None:
         self.requests.labels(self.replica, model, str(code)).inc()

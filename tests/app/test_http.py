@@ -20,6 +20,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from manymodels.admission import Admission
 from manymodels.config import ServerConfig
 from manymodels.dataplane import DataPlane
 from manymodels.errors import ConfigurationError, InvalidRequest
@@ -1089,3 +1090,59 @@ def test_a_processor_refusal_in_postprocess_keeps_its_status(demo_catalog: Path)
         assert_error(response, 400, "only answers for rows that sum to zero")
 
     serve(config, scenario)
+
+
+# ---- concurrency limits -------------------------------------------------------------------------
+
+
+def test_full_replica_refuses_inference_with_503_but_answers_health_and_metrics(
+    config: ServerConfig,
+) -> None:
+    """max_ongoing_requests=1, max_queued_requests=1: the test holds the one slot itself, so what
+    the app does with each further request is decided by the counts alone."""
+    admission = Admission(max_ongoing=1, max_queued=1)
+    tensor = {"model": "mlp-001", "input_data": ROW}
+    oip = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ROW}]}
+
+    async def main() -> None:
+        plane = DataPlane(config)
+        try:
+            await plane.start()
+            transport = httpx.ASGITransport(app=build_http_app(plane, admission))
+            async with httpx.AsyncClient(transport=transport, base_url="http://mm") as client:
+                await admission.enter()  # every slot taken
+                waiting = asyncio.create_task(client.post("/predict", json=tensor))
+                while admission.queued < 1:
+                    await asyncio.sleep(0.001)
+                # The line is full: refused at once, before the body is read or a model is looked up.
+                for response in (
+                    await client.post("/predict", json=tensor),
+                    await client.post("/v2/models/mlp-001/infer", json=oip),
+                    await client.post("/v2/models/mlp-001/versions/1/infer", json=oip),
+                ):
+                    assert_error(response, 503, "max_ongoing_requests=1")
+                    assert response.headers["retry-after"] == "1"
+                # Health, metadata and metrics take no slot.
+                assert (await client.get("/v2/health/ready")).status_code == 200
+                assert (await client.get("/v2/models/mlp-001")).status_code == 200
+                page = (await client.get("/metrics")).text
+                assert metric(page, "manymodels_requests_inflight", replica="local") == 1
+                assert metric(page, "manymodels_requests_queued", replica="local") == 1
+                assert (
+                    metric(page, "manymodels_requests_rejected_total", replica="local", reason="queue_full")
+                    == 3
+                )
+                assert metric(page, "manymodels_requests_total", replica="local", model="-", code="503") == 3
+                assert not waiting.done()
+
+                admission.leave()  # the slot goes to the waiting request, which then completes
+                admitted = await waiting
+                assert admitted.status_code == 200, admitted.text
+                assert (admission.ongoing, admission.queued) == (0, 0)
+                again = await client.post("/v2/models/mlp-001/infer", json=oip)
+                assert again.status_code == 200, again.text
+                assert admission.ongoing == 0
+        finally:
+            plane.close()
+
+    asyncio.run(main())

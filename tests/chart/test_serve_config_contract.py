@@ -102,6 +102,7 @@ def test_rendered_serve_config_is_read_by_the_app(values_file):
     model_server = deployments[app_config.MODEL_SERVER]
     assert ("num_replicas" in model_server) != ("autoscaling_config" in model_server)
     assert model_server["max_ongoing_requests"] >= 1
+    assert model_server["max_queued_requests"] == -1 or model_server["max_queued_requests"] >= 1
     assert isinstance(model_server["ray_actor_options"].get("memory", 0), int)
 
     gateway = deployments[app_config.GATEWAY]
@@ -123,6 +124,26 @@ def test_demo_config_and_chart_agree_on_shape():
     assert {k for k in chart_app} == {k for k in demo_app}
     names = [d["name"] for d in chart_app["deployments"]]
     assert names == [d["name"] for d in demo_app["deployments"]]
+
+
+@pytest.mark.parametrize("queued", [-1, 1, 64])
+def test_concurrency_limits_reach_serve(queued, tmp_path):
+    """modelServer.maxOngoingRequests / maxQueuedRequests become the ModelServer deployment's
+    max_ongoing_requests / max_queued_requests, in a config Serve itself accepts."""
+    from ray.serve.schema import ServeDeploySchema
+
+    values = {"modelServer": {"maxOngoingRequests": 8, "maxQueuedRequests": queued}}
+    config = serve_config(render(overrides=values, tmp_path=tmp_path))
+    [model_server] = [d for d in config["applications"][0]["deployments"] if d["name"] == "ModelServer"]
+    assert (model_server["max_ongoing_requests"], model_server["max_queued_requests"]) == (8, queued)
+    ServeDeploySchema.model_validate(config)
+
+
+@pytest.mark.parametrize("queued", [0, -2, "ten"])
+def test_invalid_max_queued_requests_is_refused_by_name(queued, tmp_path):
+    out = helm_template(MINIMAL, {"modelServer": {"maxQueuedRequests": queued}}, tmp_path)
+    assert out.returncode != 0
+    assert "/modelServer/maxQueuedRequests" in out.stderr
 
 
 def _schema_fields(node: dict) -> set[str]:
@@ -166,6 +187,7 @@ ROLLOUTS = {
     "cache budget": _user_config(cache={"capacity_bytes": "3Gi", "pin": ["m"]}),
     "store uri": _user_config(store={"uri": "s3://bucket/other"}),
     "replicas": {"modelServer": {"numReplicas": 5, "maxOngoingRequests": 64}},
+    "queue bound": {"modelServer": {"maxQueuedRequests": 32}},
 }
 
 

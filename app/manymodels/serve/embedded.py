@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
+from manymodels.admission import Admission
 from manymodels.config import ServerConfig
 from manymodels.dataplane import DataPlane
 from manymodels.http import build_http_app
 from manymodels.metrics import Metrics
+from manymodels.serve.concurrency import ConcurrencyLimits
 
 T = TypeVar("T")
 
@@ -34,9 +36,19 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 class EmbeddedServer:
-    def __init__(self, config: ServerConfig, metrics: Metrics, host: str, port: int) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        limits: ConcurrencyLimits | None = None,
+    ) -> None:
         self.plane = DataPlane(config, metrics)
-        self._app = build_http_app(self.plane)
+        self.admission = Admission()
+        if limits is not None:
+            self.admission.configure(limits.max_ongoing, limits.max_queued)
+        self._app = build_http_app(self.plane, self.admission)
         self._uvicorn = uvicorn.Server(
             uvicorn.Config(
                 self._app,
@@ -80,6 +92,10 @@ class EmbeddedServer:
         if not self._started.wait(timeout) or self._error or not self._uvicorn.started:
             raise RuntimeError(f"embedded HTTP server failed to start: {self._error}")
         return self._uvicorn.servers[0].sockets[0].getsockname()[1]
+
+    def set_limits(self, limits: ConcurrencyLimits) -> None:
+        """Apply new concurrency limits on the serving loop (callable from any thread)."""
+        self.loop.call_soon_threadsafe(self.admission.configure, limits.max_ongoing, limits.max_queued)
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

@@ -1,7 +1,8 @@
 """The Gateway deployment: one per node, it keeps a local HAProxy routing to every ModelServer.
 
-It polls the replica registry and reloads HAProxy only when the set of replicas changes; model
-rollouts never touch it (they travel in the ModelServer's ``user_config``).
+It polls the replica registry and the ModelServer's concurrency limits (``max_ongoing_requests``,
+``max_queued_requests``) and reloads HAProxy only when either changes; model rollouts never touch it
+(they travel in the ModelServer's ``user_config``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from manymodels.config import GATEWAY, GatewayConfig
-from manymodels.serve import registry
+from manymodels.serve import concurrency, gateway_metrics, registry
+from manymodels.serve.concurrency import ConcurrencyLimits
 from manymodels.serve.haproxy_config import render
 from manymodels.serve.haproxy_process import HAProxyProcess
 from manymodels.serve.metrics_merge import merge_pages
@@ -53,10 +55,11 @@ class Gateway:
         self._config: GatewayConfig | None = None
         self._haproxy = HAProxyProcess()
         self._replicas: list[registry.Endpoint] = []
+        self._limits: ConcurrencyLimits | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._leaving = False
-        self._metrics = _MetricsServer(lambda: self._replicas)
+        self._metrics = _MetricsServer(lambda: self._replicas, self._own_metrics)
         self._thread = threading.Thread(target=self._watch, name="mm-gateway", daemon=True)
         self._thread.start()
 
@@ -70,16 +73,44 @@ class Gateway:
         if self._config is None:
             return
         replicas = registry.endpoints(self._app)
-        if not force and replicas == self._replicas and self._haproxy.running:
+        limits = self._current_limits()
+        if not force and (replicas, limits) == (self._replicas, self._limits) and self._haproxy.running:
             return
         nbthread = int(os.environ.get("MANYMODELS_HAPROXY_THREADS", "1"))
         self._haproxy.apply(
-            render(self._config, replicas, nbthread=nbthread, metrics_port=self._metrics.port)
+            render(
+                self._config,
+                replicas,
+                nbthread=nbthread,
+                metrics_port=self._metrics.port,
+                limits=limits,
+                stats_socket=str(self._haproxy.stats_socket),
+            )
         )
         if replicas != self._replicas:
             log.info("gateway routes to %d replica(s)", len(replicas))
-        self._replicas = replicas
+        if limits != self._limits:
+            log.info("gateway applies %s", limits)
+        self._replicas, self._limits = replicas, limits
         self._haproxy.wait_listening(self._config.host, self._config.port)
+
+    def _current_limits(self) -> ConcurrencyLimits | None:
+        """The ModelServer's limits now; the last known ones while the Serve controller is away
+        (e.g. a head restart), none (no limit, as Serve's router would not apply one either) before
+        it ever answered."""
+        try:
+            return concurrency.of_deployment(self._app)
+        except Exception as exc:
+            if self._limits is not None:
+                log.warning("keeping %s: the Serve controller did not answer (%s)", self._limits, exc)
+            return self._limits
+
+    def _own_metrics(self) -> str:
+        try:
+            rows = gateway_metrics.read_stats(str(self._haproxy.stats_socket))
+        except OSError:
+            return ""  # HAProxy (re)starting: the next scrape has it
+        return gateway_metrics.render_page(self._id, rows, self._limits)
 
     def _watch(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -165,9 +196,10 @@ def _node_ip() -> str:
 
 
 class _MetricsServer:
-    """``/metrics`` for the whole node: every replica's page, fetched directly and merged."""
+    """``/metrics`` for the whole node: every replica's page, fetched directly, and the Gateway's own
+    series (``own``), merged."""
 
-    def __init__(self, replicas: Callable[[], list[registry.Endpoint]]) -> None:
+    def __init__(self, replicas: Callable[[], list[registry.Endpoint]], own: Callable[[], str]) -> None:
         def fetch(endpoint: registry.Endpoint) -> str:
             try:
                 return httpx.get(f"http://{endpoint.host}:{endpoint.port}/metrics", timeout=5).text
@@ -176,7 +208,7 @@ class _MetricsServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                body = merge_pages([fetch(e) for e in replicas()]).encode()
+                body = merge_pages([own()] + [fetch(e) for e in replicas()]).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))

@@ -42,6 +42,7 @@ class HAProxyProcess:
         self._dir = Path(workdir or tempfile.mkdtemp(prefix="manymodels-haproxy-"))
         self._dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self._dir / "haproxy.cfg"
+        self.stats_socket = self._dir / "stats.sock"  # for the configuration to bind (render)
         self._proc: subprocess.Popen[bytes] | None = None
         self._current = ""
 

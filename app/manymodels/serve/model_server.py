@@ -1,8 +1,9 @@
 """The ModelServer deployment: one replica = one model cache + one direct HTTP endpoint.
 
 ``user_config`` carries the whole ServerConfig, so catalog, alias and budget changes apply in place
-through ``reconfigure`` (no replica restart). The replica announces its HTTP address to the Gateways
-and reports its in-flight requests for Serve's autoscaler.
+through ``reconfigure`` (no replica restart). The replica announces its HTTP address to the Gateways,
+reports its in-flight requests for Serve's autoscaler and enforces the deployment's
+``max_ongoing_requests`` / ``max_queued_requests`` on its direct endpoint (``manymodels.admission``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ray import serve
 from manymodels.config import MODEL_SERVER, ServerConfig
 from manymodels.errors import ConfigurationError
 from manymodels.metrics import Metrics
-from manymodels.serve import registry
+from manymodels.serve import concurrency, registry
 from manymodels.serve.embedded import EmbeddedServer
 
 log = logging.getLogger("manymodels.server")
@@ -33,6 +34,7 @@ class ModelServer:
         self._server: EmbeddedServer | None = None
         self._endpoint: registry.Endpoint | None = None
         self._stop = threading.Event()
+        self._limits = concurrency.of_this_replica()
 
     async def reconfigure(self, user_config: dict) -> None:
         config = ServerConfig.model_validate(user_config)
@@ -49,7 +51,9 @@ class ModelServer:
             log.error("user_config refused, the previous one keeps serving: %s", exc)
 
     def _start(self, config: ServerConfig) -> None:
-        server = EmbeddedServer(config, Metrics(self._replica), config.http.host, config.http.port)
+        server = EmbeddedServer(
+            config, Metrics(self._replica), config.http.host, config.http.port, self._limits
+        )
         port = server.start()
         host = config.http.host
         if host in ("0.0.0.0", "::"):
@@ -63,8 +67,15 @@ class ModelServer:
     def _heartbeat(self) -> None:
         while not self._stop.wait(registry.HEARTBEAT_S):
             try:
-                assert self._endpoint is not None
+                assert self._endpoint is not None and self._server is not None
                 registry.announce(self._app, self._endpoint)
+                # Serve reconfigures this replica in place when max_ongoing_requests changes,
+                # without calling our reconfigure (the user_config did not change): look here.
+                limits = concurrency.of_this_replica()
+                if limits != self._limits:
+                    self._server.set_limits(limits)
+                    self._limits = limits
+                    log.info("concurrency limits now %s", limits)
             except Exception:
                 log.exception("heartbeat failed")
 

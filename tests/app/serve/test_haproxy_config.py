@@ -1,24 +1,32 @@
 """The Gateway's HAProxy: the rendered configuration passes ``haproxy -c``, and a real HAProxy in
-front of two tiny HTTP servers routes each model to one server while spreading models across both.
+front of tiny HTTP servers routes each model to one server while spreading models across both, and
+enforces the ModelServer's concurrency limits (maxconn per replica, a bounded queue, quick 503s).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 from processes import free_port
+from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.config import GatewayConfig
-from manymodels.serve.haproxy_config import render
+from manymodels.serve import gateway_metrics
+from manymodels.serve.concurrency import ConcurrencyLimits
+from manymodels.serve.haproxy_config import QUEUE_FULL, UNAVAILABLE, render
 from manymodels.serve.haproxy_process import HAProxyProcess, haproxy_binary
 from manymodels.serve.registry import Endpoint
 
@@ -49,13 +57,17 @@ def test_render_passes_haproxy_check(checker: HAProxyProcess, n: int) -> None:
     checker.check(text)
     lines = [line.strip() for line in text.splitlines()]
     for expected in HASH_LINES:
-        assert expected in lines
-    servers = [line for line in lines if line.startswith("server ")]
+        assert lines.count(expected) == 2  # inference and control backends
+    servers = [line for line in lines if line.startswith("server ") and " check " in line]
     assert len(servers) == n
     for line, endpoint in zip(servers, endpoints(n), strict=True):
         assert line.endswith(f"{endpoint.host}:{endpoint.port} check weight 100")
         assert "#" not in line
+        name = line.split()[1]
+        assert f"server {name} {endpoint.host}:{endpoint.port} track replicas/{name} weight 100" in lines
     assert "bind 127.0.0.1:8123" in lines
+    # No limits known: nothing capped, nothing refused.
+    assert "maxconn" not in text.split("defaults")[1] and "queue(replicas)" not in text
 
 
 def test_render_settings(checker: HAProxyProcess) -> None:
@@ -85,6 +97,28 @@ def test_render_with_the_metrics_backend(checker: HAProxyProcess) -> None:
     assert "use_backend node_metrics if { path /metrics }" in text
 
 
+def backend_section(text: str, name: str) -> str:
+    return text.split(f"backend {name}\n")[1].split("\nbackend ")[0]
+
+
+def test_render_concurrency_limits(checker: HAProxyProcess) -> None:
+    text = render(GatewayConfig(), endpoints(2), limits=ConcurrencyLimits(8, 4), stats_socket="/tmp/mm.sock")
+    checker.check(text)
+    assert "default-server inter 1000 fall 2 rise 1 maxconn 8" in backend_section(text, "replicas")
+    assert "maxconn" not in backend_section(text, "control")
+    assert "acl queue_is_full queue(replicas) ge 4" in text
+    assert "use_backend queue_full if predict queue_is_full or oip_model oip_infer queue_is_full" in text
+    assert text.index("use_backend queue_full") < text.index("use_backend replicas")
+    assert json.dumps({"error": QUEUE_FULL}).replace('"', '\\"') in backend_section(text, "queue_full")
+    assert "hdr retry-after 1" in backend_section(text, "queue_full")
+    assert "stats socket /tmp/mm.sock mode 600 level user" in text
+    # Serve's default max_queued_requests (-1): capped per replica, the queue unbounded.
+    unbounded = render(GatewayConfig(), endpoints(2), limits=ConcurrencyLimits(16))
+    checker.check(unbounded)
+    assert "maxconn 16" in backend_section(unbounded, "replicas")
+    assert "queue(replicas)" not in unbounded
+
+
 def test_check_refuses_a_broken_configuration(checker: HAProxyProcess) -> None:
     with pytest.raises(ValueError, match="invalid HAProxy configuration"):
         checker.check(render(GatewayConfig(), endpoints(1)).replace("hash-type", "hash-kind"))
@@ -93,8 +127,9 @@ def test_check_refuses_a_broken_configuration(checker: HAProxyProcess) -> None:
 # ---- a real HAProxy -----------------------------------------------------------------------------
 
 
+def backend(server_id: str, hold: threading.Event | None = None) -> ThreadingHTTPServer:
+    """Answers who it is; with ``hold``, POSTs (inference) wait until it is set."""
 
-def backend(server_id: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
@@ -104,6 +139,8 @@ def backend(server_id: str) -> ThreadingHTTPServer:
             length = int(self.headers.get("content-length") or 0)
             if length:
                 self.rfile.read(length)
+            if hold is not None and self.command == "POST":
+                hold.wait(60)
             if self.path == "/-/healthz":
                 body = b"success"
             else:
@@ -214,3 +251,83 @@ def test_haproxy_routes_each_model_to_one_replica(tmp_path: Path, backends: dict
         assert time.monotonic() < deadline, "haproxy still listens after stop()"
         time.sleep(0.05)
     proc.stop()  # idempotent
+
+
+def test_haproxy_enforces_the_concurrency_limits() -> None:
+    """max_ongoing_requests=2 per replica, max_queued_requests=2: of 8 concurrent inference requests
+    to a replica that holds them, 2 run, 2 wait in the Gateway's queue and 4 get a quick JSON 503 with
+    Retry-After; health, metadata and metrics are answered meanwhile; the stats say so."""
+    hold = threading.Event()
+    server = backend("slow", hold)
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="mm-")  # short: a unix socket path has ~100 bytes
+    proc = HAProxyProcess(workdir=workdir)
+    replica = Endpoint("replica-slow", "127.0.0.1", server.server_address[1])
+    limits = ConcurrencyLimits(max_ongoing=2, max_queued=2)
+    config = GatewayConfig(host="127.0.0.1", port=port, health_interval_ms=100)
+    url = f"http://127.0.0.1:{port}"
+
+    def stats() -> dict[str, float]:
+        page = gateway_metrics.render_page("gw", gateway_metrics.read_stats(str(proc.stats_socket)), limits)
+        return {
+            f"{s.name}{'/' + s.labels['reason'] if 'reason' in s.labels else ''}": s.value
+            for family in text_string_to_metric_families(page)
+            for s in family.samples
+        }
+
+    def infer(i: int) -> httpx.Response:
+        path, body = ("/predict", {"model": "m", "input_data": [i]}) if i % 2 else ("/v2/models/m/infer", {})
+        return httpx.post(url + path, json=body, timeout=60)
+
+    try:
+        proc.apply(render(config, [replica], limits=limits, stats_socket=str(proc.stats_socket)))
+        proc.wait_listening("127.0.0.1", port)
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(infer, i) for i in range(8)]
+            # The refused ones come back while the admitted ones are still held.
+            deadline = time.monotonic() + 30
+            while sum(f.done() for f in futures) < 4:
+                assert time.monotonic() < deadline, "no quick refusals"
+                time.sleep(0.01)
+            time.sleep(0.2)  # nothing else comes back while the replica holds its requests
+            refused = [f.result() for f in futures if f.done()]
+            assert len(refused) == 4
+            for response in refused:
+                assert response.status_code == 503
+                assert response.headers["retry-after"] == "1"
+                assert response.json() == {"error": QUEUE_FULL}
+            now = stats()
+            assert now["manymodels_gateway_inflight"] == 2
+            assert now["manymodels_gateway_queued"] == 2
+            assert now["manymodels_gateway_rejected_total/queue_full"] == 4
+            assert now["manymodels_gateway_rejected_total/unavailable"] == 0
+            assert now["manymodels_gateway_max_ongoing_requests"] == 2
+            assert now["manymodels_gateway_max_queued_requests"] == 2
+            # Neither health checks nor metadata wait behind inference.
+            with httpx.Client(base_url=url, timeout=5) as client:
+                assert client.get("/-/healthz").text == "success"
+                assert client.get("/v2/health/ready").status_code == 200
+                assert client.get("/v2/models/m").status_code == 200
+            hold.set()
+            statuses = Counter(f.result().status_code for f in futures)
+        assert statuses == {200: 4, 503: 4}
+        after = stats()
+        assert (after["manymodels_gateway_inflight"], after["manymodels_gateway_queued"]) == (0, 0)
+
+        # HAProxy's own 503 (no replica could take the request) is JSON with Retry-After too.
+        gone = Endpoint("replica-gone", "127.0.0.1", free_port())
+        proc.apply(render(config, [gone], limits=limits, stats_socket=str(proc.stats_socket)))
+        deadline = time.monotonic() + 10
+        while (response := httpx.post(url + "/predict", json={"input_data": [1]}, timeout=30)).json() != {
+            "error": UNAVAILABLE
+        }:
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.05)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert stats()["manymodels_gateway_rejected_total/unavailable"] >= 1
+    finally:
+        hold.set()
+        proc.stop()
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(workdir, ignore_errors=True)
