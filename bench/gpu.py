@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -635,6 +636,17 @@ def _load_share(port: int, bodies: list[bytes], clients: int, seconds: float) ->
     return run_load(HOST, port, bodies, clients=clients, seconds=seconds, warmup=0)
 
 
+def _exit_with(parent: int) -> None:
+    """Pool initializer: a client process leaves when the benchmark dies (e.g. killed by a timeout)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def served_part(
     models: list[Model],
     plan: Plan,
@@ -1010,7 +1022,7 @@ def main() -> None:
     # Client processes are forked now, before this process starts CUDA or any thread pool.
     pool = None
     if "served" in parts and plan.client_procs > 1:
-        pool = multiprocessing.get_context("fork").Pool(plan.client_procs)
+        pool = multiprocessing.get_context("fork").Pool(plan.client_procs, _exit_with, (os.getpid(),))
     # Same intra-op threads as the runtime's default (1): raw and served run the same kernels.
     torch.set_num_threads(1)
     results: dict[str, Any] = {"environment": environment(device), "plan": asdict(plan)}
