@@ -966,29 +966,37 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-def ort_cuda_ready(models: list[Model]) -> tuple[bool, bool, str]:
-    """(CUDA EP usable, needed ort.preload_dlls(), note): a session that silently fell back to CPU
-    (CUDA EP listed but its libraries missing) counts as unusable."""
+def ort_cuda_ready(models: list[Model]) -> dict[str, Any]:
+    """Whether ONNX Runtime really runs on CUDA here (a session that silently fell back to CPU, the CUDA
+    EP listed but its libraries missing, counts as unusable), whether that took ``ort.preload_dlls()``,
+    and the CUDA EP options in effect (TF32, cuDNN algorithm search, arena)."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False, False, "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+        return {"usable": False, "note": "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"}
     for attempt in range(2):
         try:
-            providers = ort_session(models[0].onnx_path, "cuda").get_providers()
+            session = ort_session(models[0].onnx_path, "cuda")
+            providers = session.get_providers()
         except Exception as exc:  # some ORT versions raise instead of falling back
             log(f"ORT CUDA session failed: {exc}")
             providers = []
         if providers and providers[0] == "CUDAExecutionProvider":
-            return True, attempt == 1, "" if attempt == 0 else "needed ort.preload_dlls()"
+            options = session.get_provider_options().get("CUDAExecutionProvider", {})
+            keys = ("use_tf32", "cudnn_conv_algo_search", "arena_extend_strategy", "gpu_mem_limit")
+            return {
+                "usable": True,
+                "preload": attempt == 1,
+                "note": "needed ort.preload_dlls()" if attempt else "",
+                "options": {k: options[k] for k in keys if k in options},
+            }
         if attempt == 0 and hasattr(ort, "preload_dlls"):
             log("ORT fell back to CPU for a CUDA session; retrying after ort.preload_dlls()")
             ort.preload_dlls()
-    return (
-        False,
-        False,
-        "CUDAExecutionProvider is listed but sessions fall back to CPU (CUDA/cuDNN libraries?)",
-    )
+    return {
+        "usable": False,
+        "note": "CUDAExecutionProvider is listed but sessions fall back to CPU (CUDA/cuDNN libraries?)",
+    }
 
 
 def main() -> None:
@@ -1043,13 +1051,14 @@ def main() -> None:
         skip: set[str] = set()
         preload = False
         if device == "cuda":
-            ok, preload, note = ort_cuda_ready(models)
-            if not ok:
+            ort_cuda = results["ort_cuda"] = ort_cuda_ready(models)
+            preload = ort_cuda.get("preload", False)
+            if not ort_cuda["usable"]:
                 skip.add("onnx")
-                print(f"ONNX Runtime on CUDA unavailable: {note}; ONNX rows skipped", flush=True)
-            elif note:
-                print(f"ONNX Runtime CUDA EP: {note} (the server process gets the same)", flush=True)
-            results["ort_cuda"] = {"usable": ok, "note": note}
+                print(f"ONNX Runtime on CUDA unavailable: {ort_cuda['note']}; ONNX rows skipped", flush=True)
+            else:
+                extra = f"; {ort_cuda['note']} (the server process gets the same)" if preload else ""
+                print(f"ONNX Runtime CUDA EP in use, options {ort_cuda['options']}{extra}", flush=True)
         raw: list[dict[str, Any]] = []
         if "raw" in parts:
             raw = raw_part(models, plan, device, root, deadline, skip)
