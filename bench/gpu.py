@@ -406,6 +406,9 @@ def raw_part(
         for runtime in RUNTIMES:
             if runtime in skip:
                 continue
+            if not deadline.fits(2 * plan.raw_seconds + 5):
+                log(f"raw {model.name} {runtime}: skipped (time budget)")
+                continue
             resident = device_resident(model, runtime, device)
             loaded = runtime_model(model, runtime, device, root)
             placed = placement(loaded)
@@ -1066,7 +1069,9 @@ def main() -> None:
             section(f"raw ({device}, samples/s)", raw_table(raw))
             save()
         verdicts: list[str] = []
-        if parts & {"served", "cold"}:
+        if parts & {"served", "cold"} and not deadline.fits(40):
+            print("served and cold: skipped (time budget)", flush=True)
+        elif parts & {"served", "cold"}:
             config = server_config(models, device, root, batching=True)
             why = batching_supported(config)
             if why:
