@@ -60,6 +60,7 @@ from loadgen import Result, post_request, run_load  # noqa: E402
 HOST = "127.0.0.1"
 BINARY_HEADER = "inference-header-content-length"  # manymodels.codec.BINARY_HEADER
 RUNTIMES = ("onnx", "torch")
+MAX_ONGOING = 256
 STARTED = time.perf_counter()
 
 
@@ -898,6 +899,7 @@ def serve(config_path: str, preload_dlls: bool) -> None:
         ort.preload_dlls()
     from manymodels.config import ServerConfig
     from manymodels.metrics import Metrics
+    from manymodels.serve.concurrency import ConcurrencyLimits
     from manymodels.serve.embedded import EmbeddedServer
 
     # Replies go to a private copy of stdout; fd 1 itself goes to stderr, so nothing a library prints
@@ -905,7 +907,9 @@ def serve(config_path: str, preload_dlls: bool) -> None:
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     config = ServerConfig.model_validate(json.loads(Path(config_path).read_text()))
-    server = EmbeddedServer(config, Metrics("bench-gpu"), HOST, 0)
+    # The chart's default max_ongoing_requests: admission control on, and no client turned away at 128.
+    limits = ConcurrencyLimits(max_ongoing=MAX_ONGOING)
+    server = EmbeddedServer(config, Metrics("bench-gpu"), HOST, 0, limits)
 
     async def placements() -> dict[str, Any]:  # on the serving loop: the cache is not thread-safe
         cache = server.plane.cache
@@ -1091,7 +1095,8 @@ def main() -> None:
                     results["served"] = served
                     section(
                         f"served ({device}; batch-1 binary OIP requests, closed loop, "
-                        f"{plan.client_procs} client process(es); batching: "
+                        f"{plan.client_procs} client process(es), max_ongoing_requests {MAX_ONGOING}; "
+                        "batching: "
                         f"{'max_batch_size 32, max_queue_delay_ms 2' if why is None else 'unavailable'})",
                         lines + (["", *served_verdicts] if served_verdicts else []),
                     )
