@@ -10,7 +10,7 @@ STAGE := $(CURDIR)/ci/stage.sh
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv demo test test-app test-cold lint bench-cache bench-http bench-response-cache bench-overload clean
+.PHONY: venv demo test test-app test-cold lint bench-cache bench-http bench-response-cache bench-overload bench-gpu clean
 
 # The virtual environment; pip's own cache (PIP_CACHE_DIR, default ~/.cache/pip) keeps repeat installs fast.
 $(VENV)/.installed: app/pyproject.toml requirements-dev.txt
@@ -47,6 +47,10 @@ bench-response-cache: venv
 
 bench-overload: venv
 	$(PY) bench/overload.py
+
+# On a GPU machine without the venv: PYTHONPATH=app python3 bench/gpu.py (see its docstring).
+bench-gpu: venv
+	$(PY) bench/gpu.py
 
 include ci/store.mk
 include ci/chart.mk
