@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from manymodels.errors import ModelLoadError
-from manymodels.runtimes.base import LoadedModel, RuntimeSettings, available_devices
+from manymodels.runtimes.base import LoadedModel, RuntimeSettings, available_devices, require_device
 from manymodels.store.manifest import ModelManifest
 
-__all__ = ["LoadedModel", "RuntimeSettings", "available_devices", "load_model"]
+__all__ = ["LoadedModel", "RuntimeSettings", "available_devices", "load_model", "require_device"]
 
 
 def load_model(

@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from manymodels.errors import ConfigurationError
 from manymodels.store.manifest import ModelManifest
 
 
@@ -59,6 +60,17 @@ class LoadedModel(ABC):
 def available_devices() -> list[str]:
     """Always ``cpu``, plus ``cuda`` when onnxruntime or torch can use a GPU here."""
     return list(_devices())
+
+
+def require_device(settings: RuntimeSettings) -> None:
+    """Refuse ``device: cuda`` up front on a host where no runtime can use a GPU: a replica fails at
+    start instead of every load failing later (the runtimes still check each model: a CUDA provider
+    can be listed yet unable to start). ``auto`` is never refused."""
+    if settings.device == "cuda" and "cuda" not in available_devices():
+        raise ConfigurationError(
+            "runtime.device is cuda but neither onnxruntime (no CUDAExecutionProvider) nor torch can "
+            "use a GPU on this host: set runtime.device to auto or cpu, or schedule on a GPU node"
+        )
 
 
 @functools.lru_cache(maxsize=1)

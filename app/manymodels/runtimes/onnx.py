@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class OnnxModel(LoadedModel):
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
             raise ModelLoadError(f"{manifest.name}:{manifest.version}: onnxruntime: {exc}") from exc
+        self.device = _placed_device(self.session, device, settings, f"{manifest.name}:{manifest.version}")
         self._check_signature()
 
     def _check_signature(self) -> None:
@@ -90,16 +92,75 @@ def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
     return so
 
 
+# ORT's CUDA EP options. kSameAsRequested: the default arena doubles its reservations, which would
+# make the GPU footprint unrelated to memory_bytes() and defeat the cache budget. HEURISTIC: the
+# default (EXHAUSTIVE) benchmarks every cuDNN convolution algorithm for each new input shape, and
+# dynamic batching makes many batch sizes, so each first request at a new size would pay a tuning
+# run of up to seconds inside its own latency; cuDNN's heuristic pick costs little throughput.
+CUDA_PROVIDER_OPTIONS = {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC"}
+
+_cuda_libs_lock = threading.Lock()
+_cuda_libs_preloaded = False
+_warned_cpu_fallback = False
+
+
 def _providers(settings: RuntimeSettings) -> tuple[str, list]:
+    """The device ("cuda" or "cpu") asked for and the providers list that asks for it.
+
+    ``device: cuda`` without a CUDA provider raises ModelLoadError; ``auto`` quietly means CPU then.
+    """
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if settings.device in ("auto", "cuda") and has_cuda:
-        # kSameAsRequested: the default arena doubles its reservations, which would make the
-        # GPU footprint unrelated to memory_bytes() and defeat the cache budget.
-        cuda = ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})
-        return "cuda", [cuda, "CPUExecutionProvider"]
+        _preload_cuda_libs()
+        return "cuda", [("CUDAExecutionProvider", dict(CUDA_PROVIDER_OPTIONS)), "CPUExecutionProvider"]
     if settings.device == "cuda":
-        log.warning("device=cuda requested but onnxruntime has no CUDA provider; using CPU")
+        raise ModelLoadError(
+            f"runtime.device is cuda but onnxruntime {ort.__version__} has no CUDAExecutionProvider "
+            f"(available: {ort.get_available_providers()}): install onnxruntime-gpu, or set device auto/cpu"
+        )
     return "cpu", ["CPUExecutionProvider"]
+
+
+def _preload_cuda_libs() -> None:
+    """Load the CUDA/cuDNN libraries from the nvidia-* pip packages once, before the first CUDA session.
+
+    Without this the CUDA EP finds them only on LD_LIBRARY_PATH (or if torch was imported first);
+    when it cannot, ORT logs an error and silently runs the session on CPU.
+    """
+    global _cuda_libs_preloaded
+    with _cuda_libs_lock:
+        if _cuda_libs_preloaded:
+            return
+        _cuda_libs_preloaded = True
+        if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # a library it cannot load: the session check below reports it
+                log.warning("onnxruntime.preload_dlls() failed: %s", exc)
+
+
+def _placed_device(session: ort.InferenceSession, device: str, settings: RuntimeSettings, what: str) -> str:
+    """The device the session really runs on.
+
+    Asked for CUDA, ORT falls back to CPU without raising when the CUDA EP cannot start (CUDA/cuDNN
+    libraries missing or of the wrong major version, no GPU visible): it only logs. An explicit
+    ``device: cuda`` must not turn into a slow CPU model, so that fails the load; ``auto`` accepts
+    CPU and says so once.
+    """
+    global _warned_cpu_fallback
+    if device != "cuda" or session.get_providers()[0] == "CUDAExecutionProvider":
+        return device
+    reason = (
+        "onnxruntime could not start its CUDAExecutionProvider and fell back to CPU (see its log "
+        "above: usually the CUDA/cuDNN libraries onnxruntime-gpu needs did not load, or no GPU is "
+        "visible)"
+    )
+    if settings.device == "cuda":
+        raise ModelLoadError(f"{what}: runtime.device is cuda but {reason}")
+    if not _warned_cpu_fallback:
+        _warned_cpu_fallback = True
+        log.warning("runtime.device auto: %s; ONNX models run on CPU", reason)
+    return "cpu"
 
 
 def _parse(path: Path) -> onnx.ModelProto:

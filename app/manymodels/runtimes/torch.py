@@ -68,6 +68,12 @@ class TorchModel(LoadedModel):
         self._torch = torch
         _configure_threads(settings)
 
+        if settings.device == "cuda" and not torch.cuda.is_available():
+            # torch would run on CPU only if asked; an explicit cuda must not become a slow CPU model.
+            raise ModelLoadError(
+                f"{manifest.name}:{manifest.version}: runtime.device is cuda but torch {torch.__version__} "
+                f"sees no usable GPU (torch.cuda.is_available() is False): set device auto or cpu"
+            )
         want_cuda = settings.device in ("auto", "cuda")
         device = "cuda" if want_cuda and torch.cuda.is_available() else "cpu"
         super().__init__(manifest, device)
@@ -98,14 +104,14 @@ class TorchModel(LoadedModel):
                     f"{self._id()}: a torch_state_dict artifact needs the module class in the config "
                     f"(models.{self.manifest.name}.module: 'package.module:Class')"
                 )
-            module = self._module_factory()
             # weights_only: tensors and plain containers only; anything else in the pickle is refused.
+            # Loaded straight onto the target device: the module takes these tensors as they are.
             state = torch.load(str(path), map_location=self.device, weights_only=True)
-            module.load_state_dict(state)
-            module = module.to(self.device).eval()
+            module = _module_with_state(self._module_factory, state, self.device, torch).eval()
         elif fmt == "torch_export":
+            program = torch.export.load(str(path))
             # An exported graph is fixed at export time: no train/eval switch (eval() raises).
-            module = torch.export.load(str(path)).module().to(self.device)
+            module = _place_program(program, self.device, torch, self._id()).module()
         else:
             raise ModelLoadError(
                 f"{self.manifest.name}:{self.manifest.version}: runtime torch cannot load "
@@ -152,6 +158,53 @@ class TorchModel(LoadedModel):
             self._torch.cuda.empty_cache()  # hand freed blocks back so the budget means something
 
 
+def _place_program(program: Any, device: str, torch: Any, what: str) -> Any:
+    """``program`` (a torch.export ExportedProgram) with everything it holds on ``device``.
+
+    ``.module().to(device)`` would move parameters and buffers but not the constants the graph
+    makes tensors from (e.g. ``torch.tensor(...)`` in forward), which would stay on the export
+    device; the pass rewrites the program's state, constants and device arguments together.
+    """
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:
+        if device == "cpu":
+            return program  # an older torch: CPU is the usual export device, nothing to move
+        raise ModelLoadError(
+            f"{what}: torch {torch.__version__} has no torch.export.passes.move_to_device_pass, "
+            f"needed to put an exported program on {device}"
+        ) from None
+    return move_to_device_pass(program, device)
+
+
+def _module_with_state(factory: Callable[[], Any], state: dict[str, Any], device: str, torch: Any) -> Any:
+    """``factory()``'s module holding ``state``'s weights on ``device``, copied as little as possible.
+
+    Built on the meta device (no memory, no random init) and given the loaded tensors themselves
+    (``assign=True``): the weights exist once, already on ``device``. A module that cannot be built
+    on meta (its constructor reads tensor values) or that keeps tensors outside the state dict
+    (non-persistent buffers, plain tensor attributes: left on meta) is built normally instead.
+    """
+    try:
+        with torch.device("meta"):
+            module = factory()
+    except Exception:  # e.g. .item() or numpy on a meta tensor; the normal path reports real errors
+        module = None
+    if module is not None:
+        expected = module.state_dict()
+        # assign keeps the checkpoint's dtype; a normal load would cast to the module's, so do that.
+        state = {
+            k: v.to(expected[k].dtype) if k in expected and v.dtype != expected[k].dtype else v
+            for k, v in state.items()
+        }
+        module.load_state_dict(state, assign=True)
+        if not any(t.is_meta for t in _tensors(module, torch)):
+            return module.to(device)
+    module = factory().to(device)
+    module.load_state_dict(state)
+    return module
+
+
 def _to_tensor(arr: np.ndarray, torch: Any, device: str) -> Any:
     # from_numpy shares memory and warns on read-only or negative-stride arrays (e.g. views made
     # by np.frombuffer in the codec): copy those once instead.
@@ -163,11 +216,16 @@ def _to_tensor(arr: np.ndarray, torch: Any, device: str) -> Any:
 def _tensor_bytes(module: Any, torch: Any) -> int:
     """Bytes of every distinct tensor the module holds: parameters, buffers and lifted constants."""
     seen: dict[int, int] = {}
+    for t in _tensors(module, torch):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()  # shared storages are counted once
+    return sum(seen.values())
+
+
+def _tensors(module: Any, torch: Any) -> list[Any]:
+    """Parameters, buffers and tensors held as plain attributes of ``module`` and its submodules."""
     tensors = [*module.parameters(), *module.buffers()]
     for sub in module.modules():
         # torch.export lifts constant tensors into plain attributes, not buffers.
         tensors.extend(v for v in vars(sub).values() if isinstance(v, torch.Tensor))
-    for t in tensors:
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()  # shared storages are counted once
-    return sum(seen.values())
+    return tensors

@@ -19,6 +19,7 @@ from ray import serve
 from manymodels.config import MODEL_SERVER, ServerConfig
 from manymodels.errors import ConfigurationError
 from manymodels.metrics import Metrics
+from manymodels.runtimes import require_device
 from manymodels.serve import concurrency, registry
 from manymodels.serve.embedded import EmbeddedServer
 
@@ -51,6 +52,7 @@ class ModelServer:
             log.error("user_config refused, the previous one keeps serving: %s", exc)
 
     def _start(self, config: ServerConfig) -> None:
+        require_device(config.runtime)  # device: cuda on a host without a GPU fails the deploy here
         server = EmbeddedServer(
             config, Metrics(self._replica), config.http.host, config.http.port, self._limits
         )

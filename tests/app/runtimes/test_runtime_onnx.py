@@ -201,7 +201,8 @@ def test_device_choice(tmp_path: Path) -> None:
     assert model.session.get_providers() == ["CPUExecutionProvider"]
     if "cuda" in available_devices():
         pytest.skip("a GPU is present: the CPU fallback below cannot be observed")
-    for device in ("auto", "cuda"):  # no CUDA provider here: both land on the CPU
-        model = load_model(manifest_for(path), path, RuntimeSettings(device=device))
-        assert model.device == "cpu"
-        assert model.session.get_providers() == ["CPUExecutionProvider"]
+    model = load_model(manifest_for(path), path, RuntimeSettings(device="auto"))  # auto: CPU here
+    assert model.device == "cpu"
+    assert model.session.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(ModelLoadError, match="no CUDAExecutionProvider"):  # explicit cuda: never CPU
+        load_model(manifest_for(path), path, RuntimeSettings(device="cuda"))

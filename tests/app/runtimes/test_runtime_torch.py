@@ -199,3 +199,124 @@ def test_state_dict_for_another_architecture_is_refused(tmp_path: Path) -> None:
             CPU,
             module_factory=lambda: TwoHeads(hidden=16),
         )
+
+
+# ---- placement and loading without extra copies ---------------------------------------------
+
+
+class RecordsConstruction(TwoHeads):
+    """TwoHeads that records the default device it was built on (meta: no memory, no random init)."""
+
+    built_on: list[str] = []
+
+    def __init__(self, hidden: int = 8) -> None:
+        RecordsConstruction.built_on.append(torch.empty(()).device.type)
+        super().__init__(hidden)
+
+
+class ReadsValuesWhenBuilt(TwoHeads):
+    """A constructor that reads a tensor's value: impossible on the meta device."""
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__(hidden)
+        self.offset = float(torch.ones(1).sum().item())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, probs = super().forward(x)
+        return logits + self.offset, probs
+
+
+class NonPersistentBuffer(TwoHeads):
+    """Keeps a tensor outside the state dict: built on meta it would stay there, without values."""
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__(hidden)
+        self.register_buffer("shift", torch.arange(3, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, probs = super().forward(x)
+        return logits + self.shift, probs
+
+
+def _state_dict_model(tmp_path: Path, cls: type, state: dict | None = None) -> tuple[torch.nn.Module, object]:
+    torch.manual_seed(3)
+    module = cls(8).eval()
+    path = tmp_path / "weights.pt"
+    torch.save(state if state is not None else module.state_dict(), str(path))
+    manifest = manifest_for(path, "torch_state_dict")
+    return module, load_model(manifest, path, CPU, module_factory=lambda: cls(8))
+
+
+@pytest.mark.parametrize("cls", [RecordsConstruction, ReadsValuesWhenBuilt, NonPersistentBuffer])
+def test_state_dict_modules_load_with_or_without_the_meta_device(tmp_path: Path, cls: type) -> None:
+    RecordsConstruction.built_on.clear()
+    module, loaded = _state_dict_model(tmp_path, cls)
+    x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
+    out = loaded.infer({"x": x})
+    with torch.inference_mode():
+        logits, probs = module(torch.from_numpy(x))
+    np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out["probs"], probs.numpy(), rtol=1e-6)
+    tensors = [*loaded.module.parameters(), *loaded.module.buffers()]
+    assert not any(t.is_meta for t in tensors)
+    held = sum(t.numel() * t.element_size() for t in tensors)
+    assert loaded.memory_bytes() == held + torch_runtime.MODULE_OVERHEAD_BYTES
+    if cls is RecordsConstruction:
+        # The checkpoint's own tensors became the weights: the module was built once, on meta.
+        assert RecordsConstruction.built_on == ["cpu", "meta"]  # the reference module, then the load
+
+
+def test_state_dict_is_cast_to_the_module_dtypes(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    reference = TwoHeads(8).eval()
+    as_float64 = {k: v.double() for k, v in reference.state_dict().items()}
+    _, loaded = _state_dict_model(tmp_path, TwoHeads, state=as_float64)
+    assert {t.dtype for t in loaded.module.parameters()} == {torch.float32}  # as load_state_dict casts
+    x = np.ones((2, 6), np.float32)
+    with torch.inference_mode():
+        want = reference(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(loaded.infer({"x": x})["logits"], want, rtol=1e-6)
+
+
+class AddsAConstant(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A tensor made in forward: torch.export lifts it to a constant that .to() would not move.
+        y = self.lin(x) + torch.tensor([1.0, 2.0, 3.0])
+        return y, torch.softmax(y, dim=-1)
+
+
+def test_exported_program_is_placed_with_the_device_pass(tmp_path: Path, monkeypatch) -> None:
+    import torch.export.passes as passes
+
+    module = AddsAConstant().eval()
+    path = save(module, "torch_export", tmp_path / "model.pt2")
+    calls = []
+    real = passes.move_to_device_pass
+    monkeypatch.setattr(passes, "move_to_device_pass", lambda ep, loc: calls.append(loc) or real(ep, loc))
+    loaded = load_model(manifest_for(path, "torch_export"), path, CPU)
+    assert calls == ["cpu"]
+    x = np.ones((2, 6), np.float32)
+    with torch.inference_mode():
+        want = module(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(loaded.infer({"x": x})["logits"], want, rtol=1e-6)
+
+
+def test_exported_program_without_the_device_pass(tmp_path: Path, monkeypatch) -> None:
+    path = save(AddsAConstant().eval(), "torch_export", tmp_path / "model.pt2")
+    program = torch.export.load(str(path))
+    monkeypatch.setitem(__import__("sys").modules, "torch.export.passes", None)  # an older torch
+    assert torch_runtime._place_program(program, "cpu", torch, "tm:1") is program
+    with pytest.raises(ModelLoadError, match="tm:1: .*move_to_device_pass.*cuda"):
+        torch_runtime._place_program(program, "cuda", torch, "tm:1")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: nothing to refuse")
+def test_explicit_cuda_without_a_gpu_fails_and_auto_uses_cpu(artifact: tuple[str, Path]) -> None:
+    fmt, path = artifact
+    with pytest.raises(ModelLoadError, match="tm:1: runtime.device is cuda but torch .* no usable GPU"):
+        load_model(manifest_for(path, fmt), path, RuntimeSettings(device="cuda"))
+    assert load_model(manifest_for(path, fmt), path, RuntimeSettings(device="auto")).device == "cpu"
