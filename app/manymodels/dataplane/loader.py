@@ -16,6 +16,7 @@ import numpy as np
 
 from manymodels.cache import ModelCache
 from manymodels.config import ModelOptions, ServerConfig
+from manymodels.dataplane.batching import check_batchable
 from manymodels.dataplane.live_catalog import LiveCatalog
 from manymodels.dataplane.served import ServedModel
 from manymodels.errors import (
@@ -114,6 +115,8 @@ class ModelLoader:
         started = time.perf_counter()
         store = self.live.store
         manifest = store.manifest(model, version)
+        if options.batching is not None:
+            check_batchable(manifest)
         path = store.fetch(model, version)
         processor_class, module_class = code_for(options)
         factory = functools.partial(module_class, **options.module_options) if module_class else None

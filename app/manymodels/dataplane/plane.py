@@ -39,7 +39,7 @@ class DataPlane:
         self.live = LiveCatalog(config)
         self.loader = ModelLoader(self.live, config, self.metrics)
         self.rollout = Rollout(config, self.live, self.loader, self.metrics)
-        self.inference = Inference()
+        self.inference = Inference(metrics=self.metrics)
         self.metrics.watch_cache(self.cache.stats, self.cache.resident)
         self._background: set[asyncio.Task[Any]] = set()
         self._poll: asyncio.Task[None] | None = None
