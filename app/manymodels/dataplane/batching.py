@@ -2,6 +2,7 @@
 
 Every ``ServedModel`` whose options turn ``batching`` on gets its own queue, so versions never mix,
 and a retired version still finishes what it queued (each queued request holds it until answered).
+A new ``user_config`` changes the batching of resident versions in place (``batching_changes``).
 Requests are grouped by signature (input dtypes and every dimension but the first), stacked along
 axis 0, run once and split back by each request's row count.
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from manymodels.config import BatchingOptions
+from manymodels.config import BatchingOptions, ServerConfig
 from manymodels.dataplane.served import ServedModel
 from manymodels.errors import ConfigurationError, InferenceError
 from manymodels.metrics import Metrics
@@ -56,6 +57,22 @@ def check_batchable(manifest: ModelManifest) -> None:
             f"dimension (-1) on every input and output, and {fixed} have none; remove "
             f"models.{manifest.name}.batching or publish a model with a batch dimension"
         )
+
+
+def batching_changes(
+    config: ServerConfig, resident: list[ServedModel]
+) -> list[tuple[ServedModel, BatchingOptions | None]]:
+    """The resident versions whose batching ``config`` changes, and to what; each new setting checked
+    against the version's manifest (ConfigurationError), so a bad one refuses the whole config."""
+    changes = []
+    for served in resident:
+        options = config.models.get(served.manifest.name)
+        wanted = options.batching if options else None
+        if wanted != served.options.batching:
+            if wanted is not None:
+                check_batchable(served.manifest)
+            changes.append((served, wanted))
+    return changes
 
 
 @dataclass(eq=False, slots=True)
@@ -250,10 +267,10 @@ class Batcher:
         self._queues: weakref.WeakKeyDictionary[ServedModel, _ModelQueue] = weakref.WeakKeyDictionary()
 
     async def run(self, served: ServedModel, inputs: Tensors, inline_max_ms: float) -> Tensors:
+        options = served.options.batching
+        assert options is not None, "only models with batching options are queued"
         queue = self._queues.get(served)
-        if queue is None:
-            options = served.options.batching
-            assert options is not None, "only models with batching options are queued"
+        if queue is None or queue.options is not options:  # a new setting: the old queue drains alone
             queue = self._queues[served] = _ModelQueue(
                 options, self._execute, self._metrics, served.manifest.name
             )

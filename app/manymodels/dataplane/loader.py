@@ -86,6 +86,9 @@ class ModelLoader:
                 return served
         raise ModelLoadError(f"model {model} version {version} keeps leaving the cache")
 
+    def resident_models(self) -> list[ServedModel]:
+        return [s for s in map(self.cache.peek, self.cache.keys()) if s is not None]
+
     def budget_changed(self) -> None:
         """A model refused as too big for the old budget may fit the new one: retry it at once."""
         self._failed = {k: f for k, f in self._failed.items() if not isinstance(f[1], CacheFull)}

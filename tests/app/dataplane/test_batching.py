@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import shutil
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -560,3 +561,46 @@ def test_batching_a_model_without_a_batch_dimension_fails_loudly(demo_catalog: P
         assert cache_key("fixed", "1") not in plane.cache
 
     run(make_config(root, batching("fixed")), scenario)
+
+
+def test_a_new_user_config_turns_batching_on_and_off_for_resident_versions(demo_catalog: Path) -> None:
+    async def scenario(plane: DataPlane) -> None:
+        g = await gate(plane, MODEL, hold=0)
+        await plane.reconfigure(make_config(demo_catalog, batching()))
+        assert g.served.options.batching is not None
+        g.hold = 1  # hold the next call
+        requests = [rows(1, seed) for seed in range(3)]
+        for request, (_, outputs) in zip(requests, await held_then(plane, g, MODEL, requests), strict=True):
+            assert_same(outputs, g.reference(request))
+        assert g.calls[-1] == 3  # batched
+
+        await plane.reconfigure(make_config(demo_catalog, {}))
+        await asyncio.gather(*[infer(plane, MODEL, r) for r in requests])
+        assert g.calls[-3:] == [1, 1, 1]  # one call per request again
+
+    run(make_config(demo_catalog, {}), scenario)
+
+
+def test_batching_a_resident_version_without_a_batch_dimension_refuses_the_config(
+    demo_catalog: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(demo_catalog / MODEL, root / MODEL)
+    publish_version(
+        root,
+        "fixed",
+        "1",
+        runtime="onnx",
+        artifact=demo_catalog / MODEL / "1" / "model.onnx",
+        inputs=[TensorSpec(name="input", dtype="float32", shape=[1, 64])],
+        outputs=[TensorSpec(name="logits", dtype="float32", shape=[1, 10])],
+    )
+
+    async def scenario(plane: DataPlane) -> None:
+        (await plane.acquire("fixed", None)).release()
+        wanted = {**batching("fixed"), MODEL: {"aliases": {"stable": "1"}}}
+        with pytest.raises(ConfigurationError, match="model fixed version 1: batching needs"):
+            await plane.reconfigure(make_config(root, wanted))
+        assert plane.config.models == {}  # nothing applied
+
+    run(make_config(root, {}), scenario)
