@@ -9,7 +9,8 @@ axis 0, run once and split back by each request's row count.
 When a batch starts (Triton-style, but without taxing light traffic):
 
 * a request to an idle model starts at the end of the current event-loop turn, with whatever else
-  arrived in that turn: it never waits for ``max_queue_delay_ms``;
+  arrived in that turn: it never waits for ``max_queue_delay_ms`` (a model fast enough to run
+  inline runs in that request's own coroutine: no task, no extra turn);
 * while a batch of the model runs, up to ``MAX_BATCHES_IN_FLIGHT`` run at once: the next one starts
   when it reaches ``max_batch_size`` rows or a preferred size, or when its oldest request has waited
   ``max_queue_delay_ms``;
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -122,11 +124,32 @@ class _ModelQueue:
         if len(rows) > 1:  # inputs that disagree on their row count cannot be split back: alone
             key = object()
         request = _Request(served, inputs, max(rows), key, inline_max_ms, loop.create_future(), loop.time())
+        if self.in_flight == 0 and not self._pending and served.latency_ms <= inline_max_ms:
+            return await self._lead(request)
         self._pending.append(request)
         if not self._soon:
             self._soon = True
             loop.call_soon(self._turn_ended)
         return await request.future  # a cancelled caller cancels the future: never run, or dropped
+
+    async def _lead(self, request: _Request) -> Tensors:
+        """An idle model that answers inline: this request's own coroutine runs the batch, with what
+        arrived during this loop turn. No task and no extra loop turn: a model too fast for a thread
+        hop is too fast for those too (its p50 at one client would pay them)."""
+        self.in_flight += 1
+        try:
+            await asyncio.sleep(0)  # the end of this turn: requests that arrived with this one queue
+        except asyncio.CancelledError:
+            self.in_flight -= 1
+            self._dispatch()
+            raise
+        batch = self._take(force=True, lead=request)
+        assert batch is not None
+        self._observe(batch, asyncio.get_running_loop().time())
+        # Inline whatever the model's latency became meanwhile: no await inside, so the caller being
+        # cancelled cannot abandon the other requests of the batch.
+        await self._run(batch, inline_max_ms=math.inf)
+        return request.future.result()
 
     def _turn_ended(self) -> None:
         self._soon = False
@@ -153,15 +176,16 @@ class _ModelQueue:
                 return
             self._launch(batch, now, loop)
 
-    def _take(self, *, force: bool) -> list[_Request] | None:
-        """The oldest request and, in order, those that stack with it and fit, if they should start now.
+    def _take(self, *, force: bool, lead: _Request | None = None) -> list[_Request] | None:
+        """The oldest request (or ``lead``) and, in order, the queued ones that stack with it and fit,
+        if they should start now.
 
         A request that does not fit (or does not stack) stays queued and heads a later batch; one
         larger than ``max_batch_size`` runs alone."""
-        head, limit = self._pending[0], self.options.max_batch_size
+        head, limit = lead or self._pending[0], self.options.max_batch_size
         batch: list[_Request] = []
         total, cut, full = 0, 0, head.rows >= limit
-        for request in self._pending:
+        for request in [lead, *self._pending] if lead else self._pending:
             if request.key != head.key or (batch and total + request.rows > limit):
                 continue
             batch.append(request)
@@ -181,23 +205,27 @@ class _ModelQueue:
 
     def _launch(self, batch: list[_Request], now: float, loop: asyncio.AbstractEventLoop) -> None:
         self.in_flight += 1
+        self._observe(batch, now)
+        task = loop.create_task(self._run(batch, inline_max_ms=batch[0].inline_max_ms))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _observe(self, batch: list[_Request], now: float) -> None:
         if self._sizes is not None and self._waits is not None:
             self._sizes.observe(sum(r.rows for r in batch))
             for request in batch:
                 self._waits.observe(now - request.queued_at)
-        task = loop.create_task(self._run(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[_Request]) -> None:
+    async def _run(self, batch: list[_Request], *, inline_max_ms: float) -> None:
+        """Run ``batch`` (it holds one of the ``in_flight`` slots) and answer each of its requests."""
         try:
             if len(batch) == 1:
-                await self._run_alone(batch[0])
+                await self._run_alone(batch[0], inline_max_ms)
                 return
             head = batch[0]
             try:
                 stacked = {n: np.concatenate([r.inputs[n] for r in batch]) for n in head.inputs}
-                outputs = await self._execute(head.served, stacked, head.inline_max_ms)
+                outputs = await self._execute(head.served, stacked, inline_max_ms)
                 parts = self._split(head.served, outputs, [r.rows for r in batch])
             except Exception as exc:
                 m = head.served.manifest
@@ -209,7 +237,7 @@ class _ModelQueue:
                     exc,
                 )
                 for request in batch:
-                    await self._run_alone(request)
+                    await self._run_alone(request, inline_max_ms)
                 return
             for request, part in zip(batch, parts, strict=True):
                 if not request.future.done():
@@ -222,11 +250,11 @@ class _ModelQueue:
             self.in_flight -= 1
             self._dispatch()
 
-    async def _run_alone(self, request: _Request) -> None:
+    async def _run_alone(self, request: _Request, inline_max_ms: float) -> None:
         if request.future.done():  # its client went away while it was queued
             return
         try:
-            result = await self._execute(request.served, request.inputs, request.inline_max_ms)
+            result = await self._execute(request.served, request.inputs, inline_max_ms)
         except Exception as exc:
             if not request.future.done():
                 request.future.set_exception(exc)

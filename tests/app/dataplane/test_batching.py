@@ -453,6 +453,32 @@ def test_a_request_to_an_idle_model_does_not_wait_for_the_delay(demo_catalog: Pa
     run(make_config(demo_catalog, batching()), scenario)
 
 
+def test_an_idle_inline_model_batches_what_arrives_in_the_same_loop_turn(demo_catalog: Path) -> None:
+    """A model that runs on the event loop: the first request runs the batch itself, with the
+    requests that arrived in the same turn; a failing one is still re-run alone."""
+    requests = [rows(n, seed) for seed, n in enumerate([1, 2, 1, 3])]
+    requests[2]["input"][0, 0] = POISON
+
+    async def scenario(plane: DataPlane) -> None:
+        g = await gate(plane, MODEL, hold=0)
+        served = await plane.acquire(MODEL, None)
+        try:
+            results = await asyncio.gather(
+                *[plane.infer(served, r) for r in requests], return_exceptions=True
+            )
+            alone = await plane.infer(served, requests[0])
+        finally:
+            served.release()
+        assert isinstance(results[2], InferenceError)
+        for i in (0, 1, 3):
+            assert_same(results[i], g.reference(requests[i]))
+        assert_same(alone, g.reference(requests[0]))
+        assert g.calls == [7, 1, 2, 1, 3, 1], g.calls  # the batch, its re-runs, then one alone
+
+    # Everything inline (the default threshold would depend on this machine's speed).
+    run(make_config(demo_catalog, batching(), inline_infer_max_ms=1000), scenario)
+
+
 def test_a_busy_model_starts_a_partial_batch_once_the_delay_has_passed(demo_catalog: Path) -> None:
     async def scenario(plane: DataPlane) -> None:
         g = await gate(plane, MODEL)
