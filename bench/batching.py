@@ -109,14 +109,18 @@ def compare(port: int, model: str, clients: int, seconds: float) -> tuple[Result
 
 
 def raw_samples_per_s(model: LoadedModel, width: int, batch: int, seconds: float) -> float:
-    """``session.run`` on one thread (the replica's setting), samples per second."""
+    """``session.run`` on one thread (the replica's setting), samples per second: the median of five
+    windows, so that a burst of other work on a shared machine does not decide it."""
     x = {"input": np.random.default_rng(1).standard_normal((batch, width)).astype(np.float32)}
     model.infer(x)
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        model.infer(x)
-        runs += 1
-    return runs * batch / (time.perf_counter() - started)
+    rates = []
+    for _ in range(5):
+        runs, started = 0, time.perf_counter()
+        while runs < 2 or time.perf_counter() - started < seconds / 5:
+            model.infer(x)
+            runs += 1
+        rates.append(runs * batch / (time.perf_counter() - started))
+    return float(np.median(rates))
 
 
 def verdict(ok: bool) -> str:

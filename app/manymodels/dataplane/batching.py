@@ -9,8 +9,8 @@ axis 0, run once and split back by each request's row count.
 When a batch starts (Triton-style, but without taxing light traffic):
 
 * a request to an idle model starts at the end of the current event-loop turn, with whatever else
-  arrived in that turn: it never waits for ``max_queue_delay_ms`` (a model fast enough to run
-  inline runs in that request's own coroutine: no task, no extra turn);
+  arrived in that turn: it never waits for ``max_queue_delay_ms`` (alone, a model fast enough to
+  run inline runs in the request's own coroutine: no task, no future);
 * while a batch of the model runs, up to ``MAX_BATCHES_IN_FLIGHT`` run at once: the next one starts
   when it reaches ``max_batch_size`` rows or a preferred size, or when its oldest request has waited
   ``max_queue_delay_ms``;
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +43,10 @@ log = logging.getLogger("manymodels")
 # batch forms (for up to max_queue_delay_ms) while the other runs, and a 2-thread ORT pool or a GPU
 # stream pair is kept busy; more would only split the same traffic into smaller batches.
 MAX_BATCHES_IN_FLIGHT = 2
+
+# An inline model whose last requests all ran alone stops waiting for the end of the loop turn (a
+# turn is ~5-10 % of such a request at one client) and only looks for company every this many.
+LONELY_PROBE = 8
 
 Tensors = dict[str, np.ndarray]
 # Runs one model call (inline or in a thread) and maps its failures: Inference._execute.
@@ -103,6 +106,7 @@ class _ModelQueue:
         self._expired = float("-inf")  # requests queued before this have waited their delay
         self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks only weakly
         self._unbatchable = False
+        self._lonely = 0  # inline batches in a row that held one request
         self._sizes = metrics.batch_size.labels(metrics.replica, model) if metrics else None
         self._waits = metrics.batch_queue.labels(metrics.replica, model) if metrics else None
 
@@ -118,38 +122,51 @@ class _ModelQueue:
     async def submit(self, served: ServedModel, inputs: Tensors, inline_max_ms: float) -> Tensors:
         if self._unbatchable:
             return await self._execute(served, inputs, inline_max_ms)
+        if self.in_flight == 0 and not self._pending and served.latency_ms <= inline_max_ms:
+            return await self._lead(served, inputs, inline_max_ms)
+        request = self._request(served, inputs, inline_max_ms)
+        self._pending.append(request)
+        if not self._soon:
+            self._soon = True
+            request.future.get_loop().call_soon(self._turn_ended)
+        return await request.future  # a cancelled caller cancels the future: never run, or dropped
+
+    @staticmethod
+    def _request(served: ServedModel, inputs: Tensors, inline_max_ms: float) -> _Request:
         loop = asyncio.get_running_loop()
         rows = {a.shape[0] for a in inputs.values()}
         key: object = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()))
         if len(rows) > 1:  # inputs that disagree on their row count cannot be split back: alone
             key = object()
-        request = _Request(served, inputs, max(rows), key, inline_max_ms, loop.create_future(), loop.time())
-        if self.in_flight == 0 and not self._pending and served.latency_ms <= inline_max_ms:
-            return await self._lead(request)
-        self._pending.append(request)
-        if not self._soon:
-            self._soon = True
-            loop.call_soon(self._turn_ended)
-        return await request.future  # a cancelled caller cancels the future: never run, or dropped
+        return _Request(served, inputs, max(rows), key, inline_max_ms, loop.create_future(), loop.time())
 
-    async def _lead(self, request: _Request) -> Tensors:
-        """An idle model that answers inline: this request's own coroutine runs the batch, with what
-        arrived during this loop turn. No task and no extra loop turn: a model too fast for a thread
-        hop is too fast for those too (its p50 at one client would pay them)."""
+    async def _lead(self, served: ServedModel, inputs: Tensors, inline_max_ms: float) -> Tensors:
+        """An idle model that answers inline: wait for the end of this loop turn (without a task or a
+        future: at one client, a model too fast for a thread hop would feel those), then run alone
+        if nothing else came, or start a batch with what did, like any other."""
         self.in_flight += 1
-        try:
-            await asyncio.sleep(0)  # the end of this turn: requests that arrived with this one queue
-        except asyncio.CancelledError:
-            self.in_flight -= 1
-            self._dispatch()
-            raise
+        self._lonely += 1
+        if self._lonely <= LONELY_PROBE or self._lonely % LONELY_PROBE == 0:
+            try:
+                await asyncio.sleep(0)  # requests arriving in this turn queue behind this one
+            except asyncio.CancelledError:
+                self.in_flight -= 1
+                self._dispatch()
+                raise
+        if not self._pending:
+            try:
+                self._observe_alone(next(iter(inputs.values())).shape[0])
+                return await self._execute(served, inputs, inline_max_ms)
+            finally:
+                self.in_flight -= 1
+        self._lonely = 0
+        self.in_flight -= 1  # the batch takes the slot back
+        request = self._request(served, inputs, inline_max_ms)
         batch = self._take(force=True, lead=request)
         assert batch is not None
-        self._observe(batch, asyncio.get_running_loop().time())
-        # Inline whatever the model's latency became meanwhile: no await inside, so the caller being
-        # cancelled cannot abandon the other requests of the batch.
-        await self._run(batch, inline_max_ms=math.inf)
-        return request.future.result()
+        self._launch(batch, request.queued_at, request.future.get_loop())
+        self._dispatch()  # a request that did not fit, or did not stack with this one
+        return await request.future
 
     def _turn_ended(self) -> None:
         self._soon = False
@@ -206,9 +223,14 @@ class _ModelQueue:
     def _launch(self, batch: list[_Request], now: float, loop: asyncio.AbstractEventLoop) -> None:
         self.in_flight += 1
         self._observe(batch, now)
-        task = loop.create_task(self._run(batch, inline_max_ms=batch[0].inline_max_ms))
+        task = loop.create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _observe_alone(self, rows: int) -> None:
+        if self._sizes is not None and self._waits is not None:
+            self._sizes.observe(rows)
+            self._waits.observe(0.0)
 
     def _observe(self, batch: list[_Request], now: float) -> None:
         if self._sizes is not None and self._waits is not None:
@@ -216,16 +238,16 @@ class _ModelQueue:
             for request in batch:
                 self._waits.observe(now - request.queued_at)
 
-    async def _run(self, batch: list[_Request], *, inline_max_ms: float) -> None:
+    async def _run(self, batch: list[_Request]) -> None:
         """Run ``batch`` (it holds one of the ``in_flight`` slots) and answer each of its requests."""
         try:
             if len(batch) == 1:
-                await self._run_alone(batch[0], inline_max_ms)
+                await self._run_alone(batch[0])
                 return
             head = batch[0]
             try:
                 stacked = {n: np.concatenate([r.inputs[n] for r in batch]) for n in head.inputs}
-                outputs = await self._execute(head.served, stacked, inline_max_ms)
+                outputs = await self._execute(head.served, stacked, head.inline_max_ms)
                 parts = self._split(head.served, outputs, [r.rows for r in batch])
             except Exception as exc:
                 m = head.served.manifest
@@ -237,7 +259,7 @@ class _ModelQueue:
                     exc,
                 )
                 for request in batch:
-                    await self._run_alone(request, inline_max_ms)
+                    await self._run_alone(request)
                 return
             for request, part in zip(batch, parts, strict=True):
                 if not request.future.done():
@@ -250,11 +272,11 @@ class _ModelQueue:
             self.in_flight -= 1
             self._dispatch()
 
-    async def _run_alone(self, request: _Request, inline_max_ms: float) -> None:
+    async def _run_alone(self, request: _Request) -> None:
         if request.future.done():  # its client went away while it was queued
             return
         try:
-            result = await self._execute(request.served, request.inputs, inline_max_ms)
+            result = await self._execute(request.served, request.inputs, request.inline_max_ms)
         except Exception as exc:
             if not request.future.done():
                 request.future.set_exception(exc)

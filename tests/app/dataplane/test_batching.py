@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from manymodels.config import BatchingOptions, ServerConfig
 from manymodels.dataplane import DataPlane
-from manymodels.dataplane.batching import MAX_BATCHES_IN_FLIGHT
+from manymodels.dataplane.batching import LONELY_PROBE, MAX_BATCHES_IN_FLIGHT
 from manymodels.dataplane.loader import cache_key
 from manymodels.dataplane.served import ServedModel
 from manymodels.errors import ConfigurationError, InferenceError, OutOfMemory
@@ -476,6 +476,34 @@ def test_an_idle_inline_model_batches_what_arrives_in_the_same_loop_turn(demo_ca
         assert g.calls == [7, 1, 2, 1, 3, 1], g.calls  # the batch, its re-runs, then one alone
 
     # Everything inline (the default threshold would depend on this machine's speed).
+    run(make_config(demo_catalog, batching(), inline_infer_max_ms=1000), scenario)
+
+
+def test_an_inline_model_alone_for_a_while_still_finds_company(demo_catalog: Path) -> None:
+    """After LONELY_PROBE requests that ran alone, an inline model stops waiting for the end of the
+    loop turn, but looks again every LONELY_PROBE requests: concurrency is batched again."""
+
+    async def scenario(plane: DataPlane) -> None:
+        g = await gate(plane, MODEL, hold=0)
+        served = await plane.acquire(MODEL, None)
+        try:
+            for seed in range(LONELY_PROBE):
+                await plane.infer(served, rows(1, seed))
+            assert g.calls == [1] * LONELY_PROBE
+            # Three at once: the first no longer waits for the others (each runs alone)...
+            await asyncio.gather(*[plane.infer(served, rows(1, seed)) for seed in range(3)])
+            assert g.calls == [1] * (LONELY_PROBE + 3)
+            for _ in range(LONELY_PROBE):  # ... until a probe finds them
+                await asyncio.gather(*[plane.infer(served, rows(1, seed)) for seed in range(3)])
+                if max(g.calls) > 1:
+                    break
+            assert max(g.calls) > 1, g.calls
+            done = len(g.calls)
+            await asyncio.gather(*[plane.infer(served, rows(1, seed)) for seed in range(3)])
+            assert g.calls[done:] == [3]
+        finally:
+            served.release()
+
     run(make_config(demo_catalog, batching(), inline_infer_max_ms=1000), scenario)
 
 
