@@ -9,8 +9,8 @@ axis 0, run once and split back by each request's row count.
 When a batch starts (Triton-style, but without taxing light traffic):
 
 * a request to an idle model starts at the end of the current event-loop turn, with whatever else
-  arrived in that turn: it never waits for ``max_queue_delay_ms`` (alone, a model fast enough to
-  run inline runs in the request's own coroutine: no task, no future);
+  arrived in that turn: it never waits for ``max_queue_delay_ms`` (alone, it runs in its own
+  coroutine exactly as without batching);
 * while a batch of the model runs, up to ``MAX_BATCHES_IN_FLIGHT`` run at once: the next one starts
   when it reaches ``max_batch_size`` rows or a preferred size, or when its oldest request has waited
   ``max_queue_delay_ms``;
@@ -39,13 +39,13 @@ from manymodels.store.manifest import ModelManifest
 
 log = logging.getLogger("manymodels")
 
-# Batches of one model version running at once. Two, like Triton's default CPU instance count: one
-# batch forms (for up to max_queue_delay_ms) while the other runs, and a 2-thread ORT pool or a GPU
-# stream pair is kept busy; more would only split the same traffic into smaller batches.
+# Batches of one model version running at once. Two: one batch forms (for up to max_queue_delay_ms)
+# while the other runs, which keeps a GPU fed and two cores busy on CPU; more would only split the
+# same traffic into smaller batches.
 MAX_BATCHES_IN_FLIGHT = 2
 
-# An inline model whose last requests all ran alone stops waiting for the end of the loop turn (a
-# turn is ~5-10 % of such a request at one client) and only looks for company every this many.
+# A model whose last requests all ran alone stops waiting for the end of the loop turn (for a model
+# that runs inline, a turn is ~5-10 % of a request at one client) and looks for company every this many.
 LONELY_PROBE = 8
 
 Tensors = dict[str, np.ndarray]
@@ -106,7 +106,7 @@ class _ModelQueue:
         self._expired = float("-inf")  # requests queued before this have waited their delay
         self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks only weakly
         self._unbatchable = False
-        self._lonely = 0  # inline batches in a row that held one request
+        self._lonely = 0  # requests in a row that found the model idle and ran alone
         self._sizes = metrics.batch_size.labels(metrics.replica, model) if metrics else None
         self._waits = metrics.batch_queue.labels(metrics.replica, model) if metrics else None
 
@@ -122,7 +122,7 @@ class _ModelQueue:
     async def submit(self, served: ServedModel, inputs: Tensors, inline_max_ms: float) -> Tensors:
         if self._unbatchable:
             return await self._execute(served, inputs, inline_max_ms)
-        if self.in_flight == 0 and not self._pending and served.latency_ms <= inline_max_ms:
+        if self.in_flight == 0 and not self._pending:
             return await self._lead(served, inputs, inline_max_ms)
         request = self._request(served, inputs, inline_max_ms)
         self._pending.append(request)
@@ -141,9 +141,9 @@ class _ModelQueue:
         return _Request(served, inputs, max(rows), key, inline_max_ms, loop.create_future(), loop.time())
 
     async def _lead(self, served: ServedModel, inputs: Tensors, inline_max_ms: float) -> Tensors:
-        """An idle model that answers inline: wait for the end of this loop turn (without a task or a
-        future: at one client, a model too fast for a thread hop would feel those), then run alone
-        if nothing else came, or start a batch with what did, like any other."""
+        """An idle model: wait for the end of this loop turn, then run alone if nothing else came (in
+        this coroutine, as without batching: no task, no future; light traffic pays nothing), or
+        start a batch with what did, like any other."""
         self.in_flight += 1
         self._lonely += 1
         if self._lonely <= LONELY_PROBE or self._lonely % LONELY_PROBE == 0:
@@ -159,6 +159,8 @@ class _ModelQueue:
                 return await self._execute(served, inputs, inline_max_ms)
             finally:
                 self.in_flight -= 1
+                if self._pending:  # queued while this ran in a thread
+                    self._dispatch()
         self._lonely = 0
         self.in_flight -= 1  # the batch takes the slot back
         request = self._request(served, inputs, inline_max_ms)
