@@ -12,7 +12,7 @@ off, on) so that a change in background load hits both. Targets (issue 12):
   traffic);
 * a tiny MLP (64 -> 256 -> 10) at 32 clients: not slower with batching on.
 
-Usage: python bench/batching.py [--seconds 6] [--quick]
+Usage: python bench/batching.py [--seconds 6] [--quick] [--in-process]
 """
 
 from __future__ import annotations
@@ -127,39 +127,111 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+CASES = [("big", CLIENTS), ("big", 1), ("tiny", CLIENTS), ("tiny", 1)]
+Measured = tuple[dict[tuple[str, int], tuple[Result, Result]], dict[tuple[str, int], list[float]]]
+
+
+def served_path(root: Path, seconds: float) -> Measured:
+    """The real server: local Ray, the Gateway, one ModelServer replica; the client over HTTP."""
+    from manymodels.serve import local
+
+    local.start_ray(num_cpus=4)
+    try:
+        port = free_port()
+        config = app_config(root, port, free_port(), replicas=1, capacity=1 << 30)
+        server = config["applications"][0]["deployments"][0]
+        server["user_config"]["models"] = {m + BATCHED: {"batching": BATCHING} for m in MODELS}
+        server["user_config"]["cache"]["prefetch"] = [m + s for m in MODELS for s in ("", BATCHED)]
+        local.deploy(config)
+        url = local.wait_ready(config)
+        results, batches = {}, {}
+        for model, clients in CASES:
+            before = batch_stats(url, model + BATCHED)
+            results[(model, clients)] = compare(port, model, clients, seconds)
+            after = batch_stats(url, model + BATCHED)
+            batches[(model, clients)] = [a - b for a, b in zip(after, before, strict=True)]
+        return results, batches
+    finally:
+        local.shutdown()
+
+
+def in_process(root: Path, seconds: float) -> Measured:
+    """The DataPlane in this process, clients as coroutines on its loop: no HTTP, no Ray (isolates the
+    batcher; runs where Ray is not installed)."""
+    import asyncio
+
+    from manymodels.config import ServerConfig
+    from manymodels.dataplane import DataPlane
+
+    async def closed_loop(plane: DataPlane, model: str, clients: int, seconds: float) -> Result:
+        width = MODELS[model.removesuffix(BATCHED)][0]
+        inputs = {"input": np.random.default_rng(7).standard_normal((1, width)).astype(np.float32)}
+        result, stop = Result(), time.perf_counter() + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                served = await plane.acquire(model, None)
+                try:
+                    await plane.infer(served, inputs)
+                finally:
+                    served.release()
+                result.requests += 1
+                result.latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*[client() for _ in range(clients)])
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def stats(plane: DataPlane, model: str) -> list[float]:
+        labels = {"replica": plane.metrics.replica, "model": model}
+        names = (
+            "manymodels_batch_size_sum",
+            "manymodels_batch_size_count",
+            "manymodels_batch_queue_seconds_sum",
+        )
+        return [plane.metrics.registry.get_sample_value(n, labels) or 0.0 for n in names]
+
+    async def main() -> Measured:
+        models = {m + BATCHED: {"batching": BATCHING} for m in MODELS}
+        plane = DataPlane(ServerConfig.model_validate({"store": {"uri": str(root)}, "models": models}))
+        await plane.start()
+        try:
+            results, batches = {}, {}
+            for model, clients in CASES:
+                before = stats(plane, model + BATCHED)
+                off, on = Result(), Result()
+                for _ in range(2):  # alternating, each after a warm-up like run_load's
+                    await closed_loop(plane, model, clients, 0.5)
+                    off = merge(off, await closed_loop(plane, model, clients, seconds / 2))
+                    await closed_loop(plane, model + BATCHED, clients, 0.5)
+                    on = merge(on, await closed_loop(plane, model + BATCHED, clients, seconds / 2))
+                results[(model, clients)] = (off, on)
+                batches[(model, clients)] = [
+                    a - b for a, b in zip(stats(plane, model + BATCHED), before, strict=True)
+                ]
+            return results, batches
+        finally:
+            plane.close()
+
+    return asyncio.run(main())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="per side and case")
     parser.add_argument("--quick", action="store_true", help="1.5-second runs (smoke test)")
+    parser.add_argument("--in-process", action="store_true", help="no HTTP, no Ray: the DataPlane alone")
     args = parser.parse_args()
     seconds = 1.5 if args.quick else args.seconds
-    from manymodels.serve import local
 
     with tempfile.TemporaryDirectory(prefix="mm-bench-") as tmp:
         root = Path(tmp) / "models"
         build_catalog(root)
-        local.start_ray(num_cpus=4)
-        try:
-            port = free_port()
-            config = app_config(root, port, free_port(), replicas=1, capacity=1 << 30)
-            server = config["applications"][0]["deployments"][0]
-            server["user_config"]["models"] = {m + BATCHED: {"batching": BATCHING} for m in MODELS}
-            server["user_config"]["cache"]["prefetch"] = [m + s for m in MODELS for s in ("", BATCHED)]
-            local.deploy(config)
-            url = local.wait_ready(config)
+        results, batches = (in_process if args.in_process else served_path)(root, seconds)
 
-            cases = [("big", CLIENTS), ("big", 1), ("tiny", CLIENTS), ("tiny", 1)]
-            results = {}
-            batches = {}
-            for model, clients in cases:
-                before = batch_stats(url, model + BATCHED)
-                results[(model, clients)] = compare(port, model, clients, seconds)
-                after = batch_stats(url, model + BATCHED)
-                batches[(model, clients)] = [a - b for a, b in zip(after, before, strict=True)]
-        finally:
-            local.shutdown()
-
-        # The raw ceiling, measured after the server is gone (nothing else of ours running).
+        # The raw ceiling, measured after the server is done (nothing else of ours running).
         store = LocalStore(root)
         big = load_model(store.manifest("big", "1"), store.fetch("big", "1"), RuntimeSettings())
         rows, calls, _ = batches[("big", CLIENTS)]
@@ -169,7 +241,12 @@ def main() -> None:
         big.close()
 
     print("## Dynamic batching\n")
-    print(f"one replica, Gateway -> replica, /predict JSON, batching {BATCHING}\n")
+    path = (
+        "in-process DataPlane, no HTTP"
+        if args.in_process
+        else "one replica, Gateway -> replica, /predict JSON"
+    )
+    print(f"{path}, batching {BATCHING}\n")
     print(
         "| model | clients | batching off | batching on | throughput on/off | p50 on/off "
         "| mean batch | mean queue |"
