@@ -16,6 +16,11 @@ When a batch starts (Triton-style, but without taxing light traffic):
   ``max_queue_delay_ms``;
 * what queued while every slot was busy starts as soon as a slot frees.
 
+So ``max_queue_delay_ms`` chooses, under load only, between parallelism and batch size: 0 starts a
+second batch at once, a delay longer than a batch takes makes one big batch follow another. With
+few cores (the HTTP loop, the Gateway and the model share them) the second batch gains nothing and
+a longer delay is faster (docs/benchmarks.md); on a GPU or many cores, a short one.
+
 A batch that fails is re-run one request at a time, so only the request that caused the failure
 gets the error (inputs passed ``check_inputs``: failures are the model's, mapped by ``inference``).
 """
@@ -40,8 +45,8 @@ from manymodels.store.manifest import ModelManifest
 log = logging.getLogger("manymodels")
 
 # Batches of one model version running at once. Two: one batch forms (for up to max_queue_delay_ms)
-# while the other runs, which keeps a GPU fed and two cores busy on CPU; more would only split the
-# same traffic into smaller batches.
+# while the other runs, which can keep a GPU fed or two cores busy; more would only split the same
+# traffic into smaller batches.
 MAX_BATCHES_IN_FLIGHT = 2
 
 # A model whose last requests all ran alone stops waiting for the end of the loop turn (for a model
