@@ -22,6 +22,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -131,9 +132,12 @@ def verdict(ok: bool) -> str:
 
 CASES = [("big", CLIENTS), ("big", 1), ("tiny", CLIENTS), ("tiny", 1)]
 Measured = tuple[dict[tuple[str, int], tuple[Result, Result]], dict[tuple[str, int], list[float]]]
+# Called right after the big model's 32-client case with the mean batch it reached: the raw ceiling
+# is measured under the same background load (the server idles meanwhile).
+RawCeiling = Callable[[float], None]
 
 
-def served_path(root: Path, seconds: float) -> Measured:
+def served_path(root: Path, seconds: float, raw_ceiling: RawCeiling) -> Measured:
     """The real server: local Ray, the Gateway, one ModelServer replica; the client over HTTP."""
     from manymodels.serve import local
 
@@ -152,12 +156,14 @@ def served_path(root: Path, seconds: float) -> Measured:
             results[(model, clients)] = compare(port, model, clients, seconds)
             after = batch_stats(url, model + BATCHED)
             batches[(model, clients)] = [a - b for a, b in zip(after, before, strict=True)]
+            if (model, clients) == ("big", CLIENTS):
+                raw_ceiling(batches[(model, clients)][0] / max(batches[(model, clients)][1], 1))
         return results, batches
     finally:
         local.shutdown()
 
 
-def in_process(root: Path, seconds: float) -> Measured:
+def in_process(root: Path, seconds: float, raw_ceiling: RawCeiling) -> Measured:
     """The DataPlane in this process, clients as coroutines on its loop: no HTTP, no Ray (isolates the
     batcher; runs where Ray is not installed)."""
     import asyncio
@@ -213,6 +219,8 @@ def in_process(root: Path, seconds: float) -> Measured:
                 batches[(model, clients)] = [
                     a - b for a, b in zip(stats(plane, model + BATCHED), before, strict=True)
                 ]
+                if (model, clients) == ("big", CLIENTS):
+                    raw_ceiling(batches[(model, clients)][0] / max(batches[(model, clients)][1], 1))
             return results, batches
         finally:
             plane.close()
@@ -231,16 +239,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mm-bench-") as tmp:
         root = Path(tmp) / "models"
         build_catalog(root)
-        results, batches = (in_process if args.in_process else served_path)(root, seconds)
-
-        # The raw ceiling, measured after the server is done (nothing else of ours running).
         store = LocalStore(root)
         big = load_model(store.manifest("big", "1"), store.fetch("big", "1"), RuntimeSettings())
+        raw: dict[int, float] = {}
+
+        def raw_ceiling(mean_batch: float) -> None:
+            for size in sorted({1, 8, 32, max(1, round(mean_batch))}):
+                raw[size] = raw_samples_per_s(big, MODELS["big"][0], size, min(seconds, 2.0))
+
+        results, batches = (in_process if args.in_process else served_path)(root, seconds, raw_ceiling)
+        big.close()
         rows, calls, _ = batches[("big", CLIENTS)]
         mean_batch = rows / max(calls, 1)
-        sizes = sorted({1, 8, 32, max(1, round(mean_batch))})
-        raw = {b: raw_samples_per_s(big, MODELS["big"][0], b, min(seconds, 2.0)) for b in sizes}
-        big.close()
 
     print("## Dynamic batching\n")
     path = (
