@@ -95,6 +95,32 @@ class CacheConfig(_Strict):
         return value
 
 
+class BatchingOptions(_Strict):
+    """Dynamic batching of one model's concurrent requests (``manymodels.dataplane.batching``)."""
+
+    max_batch_size: int = Field(ge=2, description="rows per model call at most; a larger request runs alone")
+    max_queue_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="how long a request may wait for batch-mates while the model is busy (never when idle)",
+    )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="batch sizes launched as soon as they can be formed"
+    )
+
+    @model_validator(mode="after")
+    def _preferred_in_range(self) -> BatchingOptions:
+        wrong = [n for n in self.preferred_batch_sizes if not 1 <= n <= self.max_batch_size]
+        if wrong:
+            raise ValueError(
+                f"preferred_batch_sizes {wrong} must each be between 1 and max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        self.preferred_batch_sizes = sorted(set(self.preferred_batch_sizes))
+        return self
+
+
 class ModelOptions(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict)
     processor: str | None = Field(
@@ -106,6 +132,9 @@ class ModelOptions(_Strict):
     )
     module_options: dict[str, Any] = Field(default_factory=dict, description="the module's kwargs")
     allow_nonfinite: bool = False
+    batching: BatchingOptions | None = Field(
+        default=None, description="models whose inputs and outputs all have a -1 first dimension"
+    )
     response_cache: bool = Field(
         default=False, description="answer repeated inputs from a per-replica cache (same version)"
     )

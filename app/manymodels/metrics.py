@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # the data plane imports this module
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 class _CacheCollector(Collector):
@@ -151,6 +153,21 @@ class Metrics:
             "manymodels_rollout_failures",
             "alias moves refused because the new version failed to load",
             ["replica", "model"],
+            registry=self.registry,
+        )
+        # Only models with batching on get these series (no version label: bounded like the others).
+        self.batch_size = Histogram(
+            "manymodels_batch_size",
+            "rows per model call, for models with dynamic batching",
+            ["replica", "model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_queue = Histogram(
+            "manymodels_batch_queue_seconds",
+            "time a request waited in its model's batch queue",
+            ["replica", "model"],
+            buckets=QUEUE_BUCKETS,
             registry=self.registry,
         )
 

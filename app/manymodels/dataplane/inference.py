@@ -3,7 +3,8 @@
 A model that answers faster than a thread hop (``inline_infer_max_ms``) runs on the event loop; the
 rest run in a pool. An exception from the model is the server's fault, not the client's (the inputs
 passed ``check_inputs``): 500 naming the model and version, or 503 with ``Retry-After`` when it ran out
-of memory.
+of memory. A model with ``batching`` options goes through its version's batch queue (``batching``),
+which runs the stacked requests through the same path.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from manymodels.dataplane.batching import Batcher
 from manymodels.dataplane.served import ServedModel
 from manymodels.errors import InferenceError, ManyModelsError, OutOfMemory
+from manymodels.metrics import Metrics
 
 # How ONNX Runtime (CPU/CUDA arenas) and CUDA itself word an allocation failure.
 _OOM_MESSAGE = re.compile(
@@ -42,11 +45,19 @@ def model_failure(served: ServedModel, exc: BaseException) -> ManyModelsError:
 
 
 class Inference:
-    def __init__(self, threads: int = 4) -> None:
+    def __init__(self, threads: int = 4, metrics: Metrics | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mm-infer")
+        self.batcher = Batcher(self._execute, metrics)
 
     async def run(
         self, served: ServedModel, inputs: dict[str, np.ndarray], *, inline_max_ms: float
+    ) -> dict[str, np.ndarray]:
+        if served.options.batching is not None:
+            return await self.batcher.run(served, inputs, inline_max_ms)
+        return await self._execute(served, inputs, inline_max_ms)
+
+    async def _execute(
+        self, served: ServedModel, inputs: dict[str, np.ndarray], inline_max_ms: float
     ) -> dict[str, np.ndarray]:
         try:
             if served.latency_ms <= inline_max_ms:

@@ -16,6 +16,7 @@ import numpy as np
 
 from manymodels.cache import ModelCache
 from manymodels.config import ModelOptions, ServerConfig
+from manymodels.dataplane.batching import check_batchable
 from manymodels.dataplane.live_catalog import LiveCatalog
 from manymodels.dataplane.served import ServedModel
 from manymodels.errors import (
@@ -85,6 +86,9 @@ class ModelLoader:
                 return served
         raise ModelLoadError(f"model {model} version {version} keeps leaving the cache")
 
+    def resident_models(self) -> list[ServedModel]:
+        return [s for s in map(self.cache.peek, self.cache.keys()) if s is not None]
+
     def budget_changed(self) -> None:
         """A model refused as too big for the old budget may fit the new one: retry it at once."""
         self._failed = {k: f for k, f in self._failed.items() if not isinstance(f[1], CacheFull)}
@@ -114,6 +118,8 @@ class ModelLoader:
         started = time.perf_counter()
         store = self.live.store
         manifest = store.manifest(model, version)
+        if options.batching is not None:
+            check_batchable(manifest)
         path = store.fetch(model, version)
         processor_class, module_class = code_for(options)
         factory = functools.partial(module_class, **options.module_options) if module_class else None

@@ -40,7 +40,7 @@ class DataPlane:
         self.live = LiveCatalog(config)
         self.loader = ModelLoader(self.live, config, self.metrics)
         self.rollout = Rollout(config, self.live, self.loader, self.metrics)
-        self.inference = Inference()
+        self.inference = Inference(metrics=self.metrics)
         self.responses = ResponseCache(config.cache.response_cache_bytes)
         self.metrics.watch_cache(self.cache.stats, self.cache.resident)
         self.metrics.watch_responses(self.responses.stats)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from manymodels.config import ModelOptions, ServerConfig
+from manymodels.dataplane.batching import batching_changes
 from manymodels.dataplane.live_catalog import LiveCatalog, config_aliases
 from manymodels.dataplane.loader import ModelLoader, cache_key, code_for
 from manymodels.errors import ManyModelsError
@@ -34,9 +35,12 @@ class Rollout:
     async def apply(self, config: ServerConfig) -> None:
         """Apply a new ``user_config`` in place: warm every moved alias's new version first.
 
-        Raises ConfigurationError (nothing applied) if the config names code that does not import.
+        Raises ConfigurationError (nothing applied) if the config names code that does not import, or
+        batching for a resident version without a batch dimension.
         """
         check_code(config)
+        same_store = config.store == self.config.store  # else nothing resident stays
+        rebatched = batching_changes(config, self.loader.resident_models() if same_store else [])
         async with self.live.lock:  # never interleaved with a refresh round
             if self.live.switch_store(config.store):
                 self.live.set_aliases(config_aliases(config))
@@ -51,6 +55,8 @@ class Rollout:
                 }
                 config = config.model_copy(update={"models": models})
             self.config = self.loader.config = config
+            for served, batching in rebatched:  # live: the next request of each version sees it
+                served.options = served.options.model_copy(update={"batching": batching})
             self.apply_pins()  # before the resize, so models unpinned here can be evicted
             self.loader.cache.resize(config.cache.capacity_bytes)
             self.loader.budget_changed()
