@@ -29,10 +29,9 @@ SESSION_OVERHEAD_BYTES = 128 * 1024
 class OnnxModel(LoadedModel):
     def __init__(self, manifest: ModelManifest, artifact_path: Path, settings: RuntimeSettings):
         path = Path(artifact_path)
-        proto = _parse(path)
-        _check_external_data(proto, path.parent)
-        self._weight_bytes = sum(_tensor_bytes(t) for t in _all_tensors(proto.graph))
-        del proto  # the session re-reads the file; keeping the proto would double the footprint
+        # One walk over the parsed graph serves the external-data check and the weight count.
+        self._weight_bytes = _checked_weight_bytes(_parse(path), path.parent)
+        # The proto is dropped here: the session re-reads the file, keeping it would double the footprint.
 
         device, providers = _providers(settings)
         super().__init__(manifest, device)
@@ -131,26 +130,34 @@ def _all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
                     yield from _all_tensors(g)
 
 
-def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
-    """Allow external data only as plain files inside the artifact's folder.
+def _checked_weight_bytes(proto: onnx.ModelProto, folder: Path) -> int:
+    """Bytes of every tensor in the graph, after checking each external-data location (below)."""
+    total = 0
+    root = ""  # resolved on the first external tensor: most models have none
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            root = root or os.path.realpath(folder)
+            _check_external_data(tensor, root)
+        total += _tensor_bytes(tensor)
+    return total
+
+
+def _check_external_data(tensor: TensorProto, root: str) -> None:
+    """Allow external data only as a plain file inside ``root``, the artifact's resolved folder.
 
     ONNX external-data locations have had path traversal CVEs; ORT would follow ``../`` or an
-    absolute path, so anything but a bare file name that resolves inside ``folder`` is refused.
+    absolute path, so anything but a bare file name that resolves inside the folder is refused.
     """
-    root = os.path.realpath(folder)
-    for tensor in _all_tensors(proto.graph):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        loc = entries.get("location", "")
-        plain = loc and loc not in (".", "..") and "/" not in loc and "\\" not in loc
-        target = os.path.realpath(os.path.join(root, loc)) if plain else ""
-        # realpath also catches a symlink inside the folder that points out of it.
-        if not plain or os.path.dirname(target) != root or not os.path.isfile(target):
-            raise ModelLoadError(
-                f"tensor {tensor.name!r} has external data location {loc!r}: only plain file "
-                f"names inside the model's folder are allowed"
-            )
+    entries = {e.key: e.value for e in tensor.external_data}
+    loc = entries.get("location", "")
+    plain = loc and loc not in (".", "..") and "/" not in loc and "\\" not in loc
+    target = os.path.realpath(os.path.join(root, loc)) if plain else ""
+    # realpath also catches a symlink inside the folder that points out of it.
+    if not plain or os.path.dirname(target) != root or not os.path.isfile(target):
+        raise ModelLoadError(
+            f"tensor {tensor.name!r} has external data location {loc!r}: only plain file "
+            f"names inside the model's folder are allowed"
+        )
 
 
 def _tensor_bytes(tensor: TensorProto) -> int:
