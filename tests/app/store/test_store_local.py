@@ -266,3 +266,20 @@ def test_a_replaced_artifact_with_the_old_size_and_mtime_is_caught(
     with pytest.raises(ArtifactIntegrityError, match="mismatch"):
         store.fetch("m", "1")
     assert hashed == [path, path]
+
+
+def test_a_moved_link_is_resolved_and_verified_again(store_root: Path, publish, hashed: list[Path]) -> None:
+    publish(store_root, "m", "1", data=b"same bytes")
+    artifact = store_root / "m" / "1" / "model.onnx"
+    first, second = store_root / "m" / "a.bin", store_root / "m" / "b.bin"
+    for target in (first, second):
+        target.write_bytes(b"same bytes")
+    artifact.unlink()
+    artifact.symlink_to(first)
+    store = LocalStore(store_root)
+    assert store.fetch("m", "1") == first.resolve()
+    assert store.fetch("m", "1") == first.resolve()  # the memo answers: no hash, no path walk
+    artifact.unlink()
+    artifact.symlink_to(second)
+    assert store.fetch("m", "1") == second.resolve()  # another file behind the same name
+    assert hashed == [first.resolve(), second.resolve()]
