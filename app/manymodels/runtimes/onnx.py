@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-import math
-import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import AttributeProto, GraphProto, TensorProto, helper
 
 from manymodels.errors import InferenceError, ModelLoadError
 from manymodels.runtimes.base import LoadedModel, RuntimeSettings
+from manymodels.runtimes.onnx_scan import scan_onnx
 from manymodels.store.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
@@ -30,10 +26,8 @@ SESSION_OVERHEAD_BYTES = 128 * 1024
 class OnnxModel(LoadedModel):
     def __init__(self, manifest: ModelManifest, artifact_path: Path, settings: RuntimeSettings):
         path = Path(artifact_path)
-        proto = _parse(path)
-        _check_external_data(proto, path.parent)
-        self._weight_bytes = sum(_tensor_bytes(t) for t in _all_tensors(proto.graph))
-        del proto  # the session re-reads the file; keeping the proto would double the footprint
+        # External-data check and weight count from the file's structure, weights left unread.
+        self._weight_bytes = scan_onnx(path)
 
         device, providers = _providers(settings)
         super().__init__(manifest, device)
@@ -161,61 +155,3 @@ def _placed_device(session: ort.InferenceSession, device: str, settings: Runtime
         _warned_cpu_fallback = True
         log.warning("runtime.device auto: %s; ONNX models run on CPU", reason)
     return "cpu"
-
-
-def _parse(path: Path) -> onnx.ModelProto:
-    try:
-        # Never load external data here: its locations are checked first, by _check_external_data.
-        return onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"artifact not found: {path}") from exc
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelLoadError(f"{path.name} is not a valid ONNX model: {exc}") from exc
-
-
-def _all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
-    """Initializers and tensor-valued attributes of ``graph`` and every nested subgraph."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == AttributeProto.GRAPH:
-                yield from _all_tensors(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_tensors(g)
-
-
-def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
-    """Allow external data only as plain files inside the artifact's folder.
-
-    ONNX external-data locations have had path traversal CVEs; ORT would follow ``../`` or an
-    absolute path, so anything but a bare file name that resolves inside ``folder`` is refused.
-    """
-    root = os.path.realpath(folder)
-    for tensor in _all_tensors(proto.graph):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        loc = entries.get("location", "")
-        plain = loc and loc not in (".", "..") and "/" not in loc and "\\" not in loc
-        target = os.path.realpath(os.path.join(root, loc)) if plain else ""
-        # realpath also catches a symlink inside the folder that points out of it.
-        if not plain or os.path.dirname(target) != root or not os.path.isfile(target):
-            raise ModelLoadError(
-                f"tensor {tensor.name!r} has external data location {loc!r}: only plain file "
-                f"names inside the model's folder are allowed"
-            )
-
-
-def _tensor_bytes(tensor: TensorProto) -> int:
-    if tensor.data_type == TensorProto.STRING:
-        return sum(len(s) for s in tensor.string_data)
-    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    return itemsize * math.prod(tensor.dims)

@@ -6,6 +6,11 @@ final ``os.replace`` is atomic). Recency is the file's atime, set explicitly on 
 disk itself is the index: a restarted process, or several processes sharing the folder, see the
 same LRU order and budget.
 
+Verification: a copy is hashed once. ``<root>/<sha256>/.verified`` records the inode, size and
+mtime of the copy that hashed to ``<sha256>``; while the file still has them, a restarted process (or
+another replica sharing the folder) trusts it without re-reading it. Any rewrite or replacement
+changes them, and the file is hashed again before use.
+
 Budget policy:
 - before a download, older files are evicted to make room for the manifest's ``size_bytes``;
   after it, again until the folder is within ``capacity_bytes``;
@@ -19,6 +24,7 @@ Budget policy:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -38,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TMP = ".tmp"
+_RECORD = ".verified"  # dot-names are never artifact names (is_plain_filename)
 _STALE_TMP_S = 3600.0  # older partial downloads belong to a dead process
 
 
@@ -62,7 +69,8 @@ class DiskTier:
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._mutex = threading.Lock()
         self._busy: dict[str, list] = {}  # sha256 -> [lock, users]; present only while in use
-        # path -> (inode, size, mtime_ns) hashed by this process; touching sets atime only.
+        # path -> (inode, size, mtime_ns) known verified (hashed, or read from its record); touching
+        # sets atime only, so the key survives use.
         self._verified: dict[Path, tuple[int, int, int]] = {}
         self._stats = DiskTierStats()
         self._drop_stale_temp()
@@ -128,15 +136,26 @@ class DiskTier:
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
             if self._verified.get(path) == key:
                 return True
+            if _read_record(path, sha256) == key:
+                self._verified[path] = key
+                return True
             digest, _ = sha256_file(path)
         except FileNotFoundError:  # evicted by another process sharing the folder
             return False
         if digest == sha256:
-            self._verified[path] = key
+            self._remember(path, sha256, key)
             return True
         log.warning("disk tier: %s is corrupt (sha256 %s...), dropping it", path, digest[:12])
-        path.unlink(missing_ok=True)
+        _drop(path)
         return False
+
+    def _remember(self, path: Path, sha256: str, key: tuple[int, int, int]) -> None:
+        self._verified[path] = key
+        record = {"file": path.name, "sha256": sha256, "inode": key[0], "size": key[1], "mtime_ns": key[2]}
+        try:
+            (path.parent / _RECORD).write_bytes(json.dumps(record).encode())
+        except OSError as exc:  # a full or read-only disk only costs a re-hash after a restart
+            log.warning("disk tier: cannot record the verification of %s: %s", path, exc)
 
     def _download(
         self, path: Path, sha256: str, open_source: Callable[[], BinaryIO], label: str
@@ -155,7 +174,7 @@ class DiskTier:
             tmp.unlink(missing_ok=True)
             raise
         st = path.stat()
-        self._verified[path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._remember(path, sha256, (st.st_ino, st.st_size, st.st_mtime_ns))
         self._count(downloads=1, downloaded_bytes=size)
         log.info("disk tier: downloaded %s (%d bytes)", label, size)
 
@@ -173,7 +192,7 @@ class DiskTier:
                     continue
                 with contextlib.suppress(FileNotFoundError), os.scandir(folder.path) as files:
                     for f in files:
-                        if f.is_file(follow_symlinks=False):
+                        if not f.name.startswith(".") and f.is_file(follow_symlinks=False):
                             with contextlib.suppress(FileNotFoundError):
                                 st = f.stat(follow_symlinks=False)
                                 entries.append((st.st_atime, st.st_size, folder.name, Path(f.path)))
@@ -194,10 +213,8 @@ class DiskTier:
                     break
                 if sha256 in self._busy or now - atime < self.protect_s:
                     continue
-                path.unlink(missing_ok=True)
+                _drop(path)
                 self._verified.pop(path, None)
-                with contextlib.suppress(OSError):
-                    path.parent.rmdir()
                 total -= size
                 freed += size
                 count += 1
@@ -217,3 +234,22 @@ class DiskTier:
             with contextlib.suppress(FileNotFoundError):
                 if part.stat().st_mtime < cutoff:
                     part.unlink()
+
+
+def _read_record(path: Path, sha256: str) -> tuple[int, int, int] | None:
+    """The (inode, size, mtime_ns) that ``path`` had when it hashed to ``sha256``, if recorded."""
+    try:
+        record = json.loads((path.parent / _RECORD).read_bytes())
+        if record["file"] != path.name or record["sha256"] != sha256:
+            return None
+        return int(record["inode"]), int(record["size"]), int(record["mtime_ns"])
+    except (OSError, ValueError, TypeError, KeyError):  # absent or torn: hash the file instead
+        return None
+
+
+def _drop(path: Path) -> None:
+    """Delete a cached copy, its record and its folder (the record first: never trust a stale one)."""
+    (path.parent / _RECORD).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()

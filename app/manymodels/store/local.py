@@ -15,6 +15,12 @@ from manymodels.store.names import is_valid_name
 
 log = logging.getLogger(__name__)
 
+_StatKey = tuple[int, int, int, int, int]
+
+
+def _stat_key(st: os.stat_result) -> _StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 class LocalStore(ModelStore):
     """Symlinks are allowed only while they resolve inside the root (volume tooling uses them);
@@ -26,9 +32,10 @@ class LocalStore(ModelStore):
             raise FileNotFoundError(f"store root {str(path)!r} is not a directory")
         self.root = path.resolve()
         super().__init__(str(self.root))
-        # path -> (sha256, stat key) of artifacts already hashed: a reload of a big model should not
-        # rehash it, while any rewrite changes inode/size/mtime/ctime and forces a new hash.
-        self._verified: dict[Path, tuple[str, tuple[int, int, int, int]]] = {}
+        # (model, version, artifact) -> (resolved path, sha256, stat key) of artifacts already hashed:
+        # a reload neither hashes nor resolves the path again while the file at the unresolved path is
+        # that very file; a rewrite or a moved symlink changes device/inode/size/mtime/ctime.
+        self._verified: dict[tuple[str, str, str], tuple[Path, str, _StatKey]] = {}
         self._verified_lock = threading.Lock()
 
     def _inside(self, *parts: str) -> Path:
@@ -80,8 +87,17 @@ class LocalStore(ModelStore):
 
     def fetch(self, model: str, version: str) -> Path:
         manifest = self.manifest(model, version)
+        entry = (model, version, manifest.artifact)
+        known = self._verified.get(entry)
+        if known is not None and known[1] == manifest.sha256:
+            try:
+                unchanged = _stat_key(os.stat(os.path.join(self.root, *entry))) == known[2]
+            except OSError:
+                unchanged = False
+            if unchanged:
+                return known[0]
         where = label(model, version)
-        path = self._inside(model, version, manifest.artifact)
+        path = self._inside(*entry)
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -90,14 +106,11 @@ class LocalStore(ModelStore):
             ) from None
         if not stat.S_ISREG(st.st_mode):
             raise ArtifactIntegrityError(f"{where}: artifact {manifest.artifact!r} is not a file")
-        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if self._verified.get(path) == (manifest.sha256, key):
-            return path
         digest, _ = sha256_file(path)
         if digest != manifest.sha256:
             raise ArtifactIntegrityError(mismatch_message(where, manifest.sha256, digest))
         with self._verified_lock:
-            self._verified[path] = (manifest.sha256, key)
+            self._verified[entry] = (path, manifest.sha256, _stat_key(st))
         return path
 
     def refresh(self) -> None:

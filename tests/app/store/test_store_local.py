@@ -7,6 +7,7 @@ import pytest
 
 from manymodels.errors import ArtifactIntegrityError, InvalidName, ModelNotFound, VersionNotFound
 from manymodels.store import LocalStore, open_store
+from manymodels.store import local as local_module
 
 
 def test_publish_then_list_manifest_and_fetch(store_root: Path, publish) -> None:
@@ -215,3 +216,70 @@ def test_listing_is_scanned_once_until_refresh(store_root: Path, monkeypatch) ->
     assert len(scans) == 1
     store.refresh()
     assert store.has_model("late") and len(scans) == 2
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[Path]:
+    """Paths the local store hashes (its only way to re-read an artifact), in order."""
+    calls: list[Path] = []
+    real = local_module.sha256_file
+
+    def counting(path: str | Path) -> tuple[str, int]:
+        calls.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(local_module, "sha256_file", counting)
+    return calls
+
+
+def test_an_unchanged_artifact_is_hashed_once(store_root: Path, publish, hashed: list[Path]) -> None:
+    publish(store_root, "m", "1")
+    store = LocalStore(store_root)
+    path = store.fetch("m", "1")
+    assert store.fetch("m", "1") == path
+    assert store.fork().fetch("m", "1") == path  # the view a store refresh swaps in shares the memo
+    assert hashed == [path]
+
+
+def test_a_touched_artifact_is_hashed_again(store_root: Path, publish, hashed: list[Path]) -> None:
+    publish(store_root, "m", "1")
+    store = LocalStore(store_root)
+    path = store.fetch("m", "1")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert store.fetch("m", "1") == path  # same bytes: still valid
+    assert store.fetch("m", "1") == path
+    assert hashed == [path, path]
+
+
+def test_a_replaced_artifact_with_the_old_size_and_mtime_is_caught(
+    store_root: Path, publish, hashed: list[Path]
+) -> None:
+    publish(store_root, "m", "1", data=b"a" * 100)
+    store = LocalStore(store_root)
+    path = store.fetch("m", "1")
+    st = path.stat()
+    forged = store_root / "forged"
+    forged.write_bytes(b"b" * 100)
+    os.utime(forged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(forged, path)  # a new inode: the memo no longer describes the file
+    with pytest.raises(ArtifactIntegrityError, match="mismatch"):
+        store.fetch("m", "1")
+    assert hashed == [path, path]
+
+
+def test_a_moved_link_is_resolved_and_verified_again(store_root: Path, publish, hashed: list[Path]) -> None:
+    publish(store_root, "m", "1", data=b"same bytes")
+    artifact = store_root / "m" / "1" / "model.onnx"
+    first, second = store_root / "m" / "a.bin", store_root / "m" / "b.bin"
+    for target in (first, second):
+        target.write_bytes(b"same bytes")
+    artifact.unlink()
+    artifact.symlink_to(first)
+    store = LocalStore(store_root)
+    assert store.fetch("m", "1") == first.resolve()
+    assert store.fetch("m", "1") == first.resolve()  # the memo answers: no hash, no path walk
+    artifact.unlink()
+    artifact.symlink_to(second)
+    assert store.fetch("m", "1") == second.resolve()  # another file behind the same name
+    assert hashed == [first.resolve(), second.resolve()]
