@@ -27,7 +27,11 @@ from helm_tool import find_helm
 from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.cache import ModelCache
+from manymodels.dataplane.response_cache import ResponseCacheStats
 from manymodels.metrics import Metrics
+from manymodels.serve import gateway_metrics
+from manymodels.serve.concurrency import ConcurrencyLimits
+from manymodels.serve.metrics_merge import merge_pages
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "dashboards" / "manymodels.json"
@@ -54,8 +58,21 @@ SUFFIXES = {
 }
 
 
+def gateway_page() -> str:
+    """A Gateway's own series, rendered from the stats rows its HAProxy's ``show stat`` gives: the
+    inference backend with one server, and the backend that answers queue_full."""
+    inference, queue_full = gateway_metrics.INFERENCE_BACKEND, gateway_metrics.QUEUE_FULL_BACKEND
+    rows = [
+        {"pxname": inference, "svname": "BACKEND", "qcur": "1", "hrsp_5xx": "2"},
+        {"pxname": inference, "svname": "r1", "qcur": "0", "scur": "8", "hrsp_5xx": "1"},
+        {"pxname": queue_full, "svname": "BACKEND", "hrsp_5xx": "3"},
+    ]
+    return gateway_metrics.render_page("g1", rows, ConcurrencyLimits(max_ongoing=8, max_queued=4))
+
+
 def app_metric_names() -> set[str]:
-    """Every sample name the app's /metrics page can hold, from a real Metrics over a real cache."""
+    """Every sample name a node's /metrics page can hold: a real Metrics over a real cache, merged
+    with a Gateway's own page as the Gateway merges them."""
     cache: ModelCache[object] = ModelCache(1 << 20)
 
     async def load() -> tuple[object, int]:
@@ -69,8 +86,17 @@ def app_metric_names() -> set[str]:
     metrics.loads.labels("r1", "m").observe(0.5)
     metrics.rollout_failures.labels("r1", "m").inc()
     metrics.config_rejected.labels("r1").inc()
+    metrics.rejected.labels("r1", "queue_full").inc()
+    metrics.batch_size.labels("r1", "m").observe(4)
+    metrics.batch_queue.labels("r1", "m").observe(0.001)
+    metrics.watch_admission(lambda: 2, lambda: 1)
+    metrics.watch_responses(
+        lambda: ResponseCacheStats(
+            hits={"m": 3}, misses={"m": 1}, entries=1, bytes=100, capacity_bytes=1000, evictions=0, skipped=0
+        )
+    )
     names: set[str] = set()
-    for family in text_string_to_metric_families(metrics.render().decode()):
+    for family in text_string_to_metric_families(merge_pages([gateway_page(), metrics.render().decode()])):
         names.update(sample.name for sample in family.samples)
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
     return names
@@ -159,6 +185,15 @@ def test_the_app_metrics_are_gathered() -> None:
         "manymodels_cache_resident_bytes",
         "manymodels_model_resident_bytes",
         "manymodels_config_rejected_total",
+        "manymodels_requests_rejected_total",
+        "manymodels_requests_queued",
+        "manymodels_batch_size_sum",
+        "manymodels_batch_queue_seconds_bucket",
+        "manymodels_response_cache_hits_total",
+        "manymodels_response_cache_capacity_bytes",
+        "manymodels_gateway_queued",
+        "manymodels_gateway_max_queued_requests",
+        "manymodels_gateway_rejected_total",
     ):
         assert name in APP_METRICS
     assert not set(OTHER_METRICS) & APP_METRICS, "an OTHER_METRICS entry is the app's own: drop it"
@@ -201,7 +236,7 @@ def test_dashboard_queries_only_exported_metrics(dashboard: dict) -> None:
 
 
 def test_alerts_query_only_exported_metrics(alert_rules: list[dict]) -> None:
-    assert len(alert_rules) == 10
+    assert len(alert_rules) == 12
     for rule in alert_rules:
         names = metric_names(rule["expr"])
         assert names, f"{rule['alert']}: no metric in {rule['expr']!r}"
