@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,11 @@ from helm_tool import find_helm
 from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.cache import ModelCache
+from manymodels.dataplane.response_cache import ResponseCacheStats
 from manymodels.metrics import Metrics
+from manymodels.serve import gateway_metrics
+from manymodels.serve.concurrency import ConcurrencyLimits
+from manymodels.serve.metrics_merge import merge_pages
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "dashboards" / "manymodels.json"
@@ -54,8 +59,21 @@ SUFFIXES = {
 }
 
 
+def gateway_page() -> str:
+    """A Gateway's own series, rendered from the stats rows its HAProxy's ``show stat`` gives: the
+    inference backend with one server, and the backend that answers queue_full."""
+    inference, queue_full = gateway_metrics.INFERENCE_BACKEND, gateway_metrics.QUEUE_FULL_BACKEND
+    rows = [
+        {"pxname": inference, "svname": "BACKEND", "qcur": "1", "hrsp_5xx": "2"},
+        {"pxname": inference, "svname": "r1", "qcur": "0", "scur": "8", "hrsp_5xx": "1"},
+        {"pxname": queue_full, "svname": "BACKEND", "hrsp_5xx": "3"},
+    ]
+    return gateway_metrics.render_page("g1", rows, ConcurrencyLimits(max_ongoing=8, max_queued=4))
+
+
 def app_metric_names() -> set[str]:
-    """Every sample name the app's /metrics page can hold, from a real Metrics over a real cache."""
+    """Every sample name a node's /metrics page can hold: a real Metrics over a real cache, merged
+    with a Gateway's own page as the Gateway merges them."""
     cache: ModelCache[object] = ModelCache(1 << 20)
 
     async def load() -> tuple[object, int]:
@@ -69,8 +87,17 @@ def app_metric_names() -> set[str]:
     metrics.loads.labels("r1", "m").observe(0.5)
     metrics.rollout_failures.labels("r1", "m").inc()
     metrics.config_rejected.labels("r1").inc()
+    metrics.rejected.labels("r1", "queue_full").inc()
+    metrics.batch_size.labels("r1", "m").observe(4)
+    metrics.batch_queue.labels("r1", "m").observe(0.001)
+    metrics.watch_admission(lambda: 2, lambda: 1)
+    metrics.watch_responses(
+        lambda: ResponseCacheStats(
+            hits={"m": 3}, misses={"m": 1}, entries=1, bytes=100, capacity_bytes=1000, evictions=0, skipped=0
+        )
+    )
     names: set[str] = set()
-    for family in text_string_to_metric_families(metrics.render().decode()):
+    for family in text_string_to_metric_families(merge_pages([gateway_page(), metrics.render().decode()])):
         names.update(sample.name for sample in family.samples)
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
     return names
@@ -159,6 +186,15 @@ def test_the_app_metrics_are_gathered() -> None:
         "manymodels_cache_resident_bytes",
         "manymodels_model_resident_bytes",
         "manymodels_config_rejected_total",
+        "manymodels_requests_rejected_total",
+        "manymodels_requests_queued",
+        "manymodels_batch_size_sum",
+        "manymodels_batch_queue_seconds_bucket",
+        "manymodels_response_cache_hits_total",
+        "manymodels_response_cache_capacity_bytes",
+        "manymodels_gateway_queued",
+        "manymodels_gateway_max_queued_requests",
+        "manymodels_gateway_rejected_total",
     ):
         assert name in APP_METRICS
     assert not set(OTHER_METRICS) & APP_METRICS, "an OTHER_METRICS entry is the app's own: drop it"
@@ -201,7 +237,7 @@ def test_dashboard_queries_only_exported_metrics(dashboard: dict) -> None:
 
 
 def test_alerts_query_only_exported_metrics(alert_rules: list[dict]) -> None:
-    assert len(alert_rules) == 10
+    assert len(alert_rules) == 12
     for rule in alert_rules:
         names = metric_names(rule["expr"])
         assert names, f"{rule['alert']}: no metric in {rule['expr']!r}"
@@ -232,6 +268,14 @@ def test_dashboard_panels(dashboard: dict) -> None:
         "Model load time p99",
         "Rollout failures",
         "Config rejected",
+        "Rejected (503) per second by reason",
+        "Rejected share",
+        "Queued requests",
+        "In flight vs max_ongoing_requests",
+        "Mean batch size",
+        "Batch queue time p99",
+        "Response cache hit ratio",
+        "Response cache bytes vs capacity",
     ):
         assert wanted in titles
     ids = [p["id"] for p in dashboard["panels"]]
@@ -243,6 +287,35 @@ def test_dashboard_panels(dashboard: dict) -> None:
         for target in panel["targets"]:
             used = set(re.findall(r"\$\{?(\w+)", target["expr"])) - {"__rate_interval"}
             assert used <= variables, f"{panel['title']}: undefined variables {used - variables}"
+
+
+def find_promtool() -> str:
+    """promtool on PATH or the one ci/chart-tools.sh installed; missing skips (fails in CI)."""
+    found = shutil.which("promtool")
+    if not found:
+        tools = subprocess.run([str(ROOT / "ci/chart-tools.sh"), "path"], capture_output=True, text=True)
+        folders = [Path(f) for f in tools.stdout.strip().split(":") if f]
+        found = next((str(f / "promtool") for f in folders if (f / "promtool").exists()), None)
+    if not found:
+        if os.environ.get("MANYMODELS_REQUIRE_HELM") == "1":
+            pytest.fail("promtool not found: run ci/chart-tools.sh")
+        pytest.skip("promtool not installed (ci/chart-tools.sh installs it)")
+    return found
+
+
+def test_dashboard_queries_parse(dashboard: dict, tmp_path: Path) -> None:
+    # Grafana sends the queries to Prometheus as they are: promtool's parser (as recording rules, with
+    # the variables filled in) catches a query that the metric-name check above reads past.
+    values = {"$__rate_interval": "5m", "$namespace": "models", "$model": ".*"}
+    rules = []
+    for i, (where, expr) in enumerate(dashboard_queries(dashboard)):
+        for variable, value in values.items():
+            expr = expr.replace(variable, value)
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr, "labels": {"where": where}})
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    out = subprocess.run([find_promtool(), "check", "rules", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_configmap_holds_the_dashboard(dashboard: dict) -> None:
