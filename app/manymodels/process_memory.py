@@ -2,13 +2,13 @@
 
 Why trimming: glibc's malloc keeps freed memory in its heaps (one per thread that allocated, so
 the loader's and the inference threads' heaps all grow) instead of returning it, so a replica that
-keeps loading and closing models under churn grows far past the cache budget even though the cache
-holds the budget. ``malloc_trim(0)`` walks every heap and returns its free pages. Measured with
-bench/memory.py (10,000 small ONNX models, 64 MiB budget, >= 5,000 loads): trimming plus ONNX Runtime
-without per-session arenas took the RSS growth from 1.79x to ~1.3x of the budget (docs/benchmarks.md,
-"Memory under churn"). jemalloc through LD_PRELOAD did no better than glibc with trimming there
-(1.47x with the arenas off, 2.39x with them on) and would need the image to preload it into every
-Ray process, so glibc's own trim is what runs.
+keeps loading and closing models grows past the cache budget even though the cache holds the
+budget. ``malloc_trim(0)`` walks every heap and returns its free pages. Measured with
+bench/memory.py (10,000 small ONNX models, 64 MiB budget, >= 5,000 loads; docs/benchmarks.md,
+"Memory under churn"): trimming, a pinned mmap threshold and ONNX Runtime without per-session arenas
+take the RSS growth from 2.0x to 1.3-1.4x of the budget (1.2x less the per-model metadata). jemalloc
+preloaded (Debian's libjemalloc2) did worse in the same run (1.51x with the arenas off, 2.59x with
+them on) and would have to be preloaded into every Ray process by the image, so glibc stays.
 
 A trim costs milliseconds on a large heap and holds each heap's lock while it walks it, so it runs
 on a thread of its own, at most once per interval however many models close: a burst of evictions
