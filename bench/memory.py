@@ -9,12 +9,14 @@ subprocess of its own, without Ray), driven over HTTP by the closed-loop client 
 2. large: a few MLPs of >= 50 MB (1024 -> 4096 -> 3072 -> 10, 67 MB), a budget that holds 2-3 of
    them, uniform traffic over all of them (every miss evicts one).
 
-Each scenario runs twice in the same invocation, in fresh replica processes: without the memory
-mechanism (``runtime.memory_release: false``, the old behaviour) and with it (the default). Printed:
-the replica's RSS growth from its start (read from its own ``manymodels_process_resident_bytes``
-metric) divided by the configured budget; the target is <= 1.3x.
+Each scenario runs twice in the same invocation, in fresh replica processes: with the old behaviour
+(``runtime: {cpu_mem_arena: true, heap_trim_interval_s: 0}``) and with the defaults. Printed: the
+replica's RSS growth over the traffic (its own ``manymodels_process_resident_bytes``) divided by the
+configured budget, target <= 1.3x; the RSS that unloading every model frees (to compare with the
+cache's count) and what is left; and the growth less the per-model metadata (store memo, metric
+series) of the models served, measured in this process on the same store.
 
-Usage: python bench/memory.py [--quick] [--models 10000] [--loads 5000]
+Usage: python bench/memory.py [--quick] [--only small|large] [--allocators]
 """
 
 from __future__ import annotations
