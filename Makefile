@@ -10,7 +10,7 @@ STAGE := $(CURDIR)/ci/stage.sh
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv demo test test-app test-cold lint bench-cache bench-http bench-response-cache bench-overload bench-gpu bench-batching bench-cold clean
+.PHONY: venv demo test test-app test-cold lint bench-cache bench-http bench-response-cache bench-overload bench-gpu bench-batching bench-cold bench-memory clean
 
 # The virtual environment; pip's own cache (PIP_CACHE_DIR, default ~/.cache/pip) keeps repeat installs fast.
 $(VENV)/.installed: app/pyproject.toml requirements-dev.txt
@@ -57,6 +57,9 @@ bench-batching: venv
 
 bench-cold: venv
 	$(PY) bench/cold.py
+
+bench-memory: venv ## replica RSS under model churn vs the cache budget (docs/benchmarks.md)
+	$(PY) bench/memory.py
 
 include ci/store.mk
 include ci/chart.mk

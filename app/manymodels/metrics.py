@@ -15,6 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from manymodels.cache import CacheStats
+from manymodels.compact_metrics import CompactCounter, CompactHistogram
+from manymodels.process_memory import HEAP_TRIMMER, HeapTrimmer, resident_bytes
 
 if TYPE_CHECKING:  # the data plane imports this module
     from manymodels.dataplane.response_cache import ResponseCacheStats
@@ -23,6 +25,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+PAGE_TRIM_BYTES = 1 << 20
 
 
 class _CacheCollector(Collector):
@@ -125,30 +128,58 @@ class _AdmissionCollector(Collector):
             yield family
 
 
+class _ProcessCollector(Collector):
+    """The replica process's RSS, beside the cache's resident bytes: what the budget must bound.
+    Read at scrape time (one /proc read), as are the heap trims that keep it near the budget."""
+
+    def __init__(self, replica: str, trimmer: HeapTrimmer) -> None:
+        self._replica = replica
+        self._trimmer = trimmer
+
+    def collect(self) -> Iterator[Metric]:
+        rss = resident_bytes()
+        if rss is not None:
+            family = GaugeMetricFamily(
+                "manymodels_process_resident_bytes",
+                "resident set size of the replica's process (compare manymodels_cache_resident_bytes)",
+                labels=["replica"],
+            )
+            family.add_metric([self._replica], rss)
+            yield family
+        counters = {
+            "heap_trims": ("times freed heap memory was returned to the OS", self._trimmer.trims),
+            "heap_trim_seconds": ("seconds spent returning freed heap memory", self._trimmer.seconds),
+        }
+        for name, (doc, value) in counters.items():
+            counter = CounterMetricFamily(f"manymodels_process_{name}", doc, labels=["replica"])
+            counter.add_metric([self._replica], value)
+            yield counter
+
+
 class Metrics:
     def __init__(self, replica: str) -> None:
         self.replica = replica
         self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
+        # Per-model series grow with the catalog (10,000 models are 10,000 label sets): compact ones.
+        self.requests = CompactCounter(
             "manymodels_requests",
             "requests by model and HTTP status",
             ["replica", "model", "code"],
-            registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = CompactHistogram(
             "manymodels_request_seconds",
             "request latency by model",
             ["replica", "model"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.loads = Histogram(
+        self.loads = CompactHistogram(
             "manymodels_model_load_seconds",
             "time to fetch, verify, load and warm a model",
             ["replica", "model"],
             buckets=LOAD_BUCKETS,
-            registry=self.registry,
         )
+        self._compact = (self.requests, self.latency, self.loads)
+        self.registry.register(_ProcessCollector(replica, HEAP_TRIMMER))
         self.rollout_failures = Counter(
             "manymodels_rollout_failures",
             "alias moves refused because the new version failed to load",
@@ -201,4 +232,10 @@ class Metrics:
         self.latency.labels(self.replica, model).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        page = bytearray(generate_latest(self.registry))
+        for family in self._compact:
+            family.render_into(page)
+        if len(page) > PAGE_TRIM_BYTES:
+            # A big page's buffers stay in malloc's heaps once freed, as a closed model's would.
+            HEAP_TRIMMER.request()
+        return bytes(page)

@@ -28,6 +28,7 @@ from manymodels.errors import (
 )
 from manymodels.imports import import_object
 from manymodels.metrics import Metrics
+from manymodels.process_memory import HEAP_TRIMMER, pin_mmap_threshold
 from manymodels.processors import Processor, load_processor_class
 from manymodels.runtimes import load_model
 from manymodels.store.manifest import TensorSpec
@@ -62,6 +63,8 @@ class ModelLoader:
         )
         self._failed: dict[str, tuple[float, ManyModelsError]] = {}
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mm-load")
+        if config.runtime.heap_trim_interval_s > 0:
+            pin_mmap_threshold()  # process-wide, from the replica's start: see process_memory.py
 
     def failure(self, model: str, version: str) -> ManyModelsError | None:
         """The error of a load that failed within the back-off window, if any."""
@@ -132,7 +135,7 @@ class ModelLoader:
                     processor = processor_class(manifest, options.processor_options)
                 except Exception as exc:
                     raise ConfigurationError(f"{where}: processor {options.processor}: {exc}") from exc
-            served = ServedModel(manifest, loaded, processor, options)
+            served = ServedModel(manifest, loaded, processor, options, on_close=self._freed)
             # Warm up (first-run allocations) and measure, so the first request is fast and the
             # inline-vs-thread decision has a number to go on.
             t0 = time.perf_counter()
@@ -145,6 +148,10 @@ class ModelLoader:
             raise ModelLoadError(f"{where}: warm-up run failed: {exc}") from exc
         self.metrics.loads.labels(self.metrics.replica, model).observe(time.perf_counter() - started)
         return served
+
+    def _freed(self) -> None:
+        # A closed model's memory is back in malloc's heaps, not yet in the OS's: trim them soon.
+        HEAP_TRIMMER.request(self.config.runtime.heap_trim_interval_s)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

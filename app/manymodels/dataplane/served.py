@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,7 @@ class ServedModel:
     users: int = 0
     retired: bool = False
     closed: bool = False
+    on_close: Callable[[], None] | None = field(default=None, repr=False)  # memory was freed
 
     def timed_infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Timed where it runs, so waiting for a pool thread never makes a model look slow.
@@ -63,3 +65,5 @@ class ServedModel:
         if not self.closed:
             self.closed = True
             self.model.close()  # torch on CUDA also hands the freed blocks back to the driver
+            if self.on_close is not None:
+                self.on_close()

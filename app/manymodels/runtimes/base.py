@@ -24,6 +24,19 @@ class RuntimeSettings(BaseModel):
     # thread per core *per session*, which oversubscribes the CPU badly.
     intra_op_threads: int = Field(default=1, ge=1)
     inter_op_threads: int = Field(default=1, ge=1)
+    # Memory under churn (bench/memory.py): the defaults keep a replica's RSS near the cache budget
+    # while models are loaded and closed all the time; see runtimes/onnx.py and process_memory.py.
+    cpu_mem_arena: bool = Field(
+        default=False,
+        description="ONNX Runtime's per-session CPU arena: keeps each session's largest activations "
+        "allocated between runs (unaccounted memory); off costs <= 3% on large models",
+    )
+    heap_trim_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="after models close, return freed heap to the OS (glibc malloc_trim) at most "
+        "this often; 0 = never. > 0 at a replica's start also pins glibc's mmap threshold at 128 KiB",
+    )
 
 
 class LoadedModel(ABC):

@@ -13,7 +13,7 @@ import pytest
 from manymodels.demo.catalog import mlp_onnx
 from manymodels.errors import InferenceError, ModelLoadError
 from manymodels.runtimes import RuntimeSettings, available_devices, load_model
-from manymodels.runtimes.onnx import SESSION_OVERHEAD_BYTES
+from manymodels.runtimes.onnx import SESSION_OVERHEAD_BYTES, session_options
 from manymodels.store.manifest import ModelManifest, TensorSpec
 
 CPU = RuntimeSettings(device="cpu")
@@ -93,7 +93,21 @@ def test_thread_settings_are_applied(tmp_path: Path) -> None:
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 2)
 
 
+def test_cpu_arena_is_off_unless_asked_for(tmp_path: Path) -> None:
+    path, layers = write_model(tmp_path)
+    x = np.ones((2, 4), np.float32)
+    for arena in (False, True):
+        settings = RuntimeSettings(device="cpu", cpu_mem_arena=arena)
+        assert session_options(settings).enable_cpu_mem_arena is arena
+        model = load_model(manifest_for(path), path, settings)
+        assert model.session.get_session_options().enable_cpu_mem_arena is arena
+        np.testing.assert_allclose(model.infer({"x": x})["y"], reference(layers, x), rtol=1e-5)
+    assert RuntimeSettings().cpu_mem_arena is False
+
+
 def test_settings_validation() -> None:
+    with pytest.raises(pydantic.ValidationError, match="heap_trim_interval_s"):
+        RuntimeSettings(heap_trim_interval_s=-1)
     with pytest.raises(pydantic.ValidationError):
         RuntimeSettings(intra_op_threads=0)
     with pytest.raises(pydantic.ValidationError):
