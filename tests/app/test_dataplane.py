@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from planes import run
 
 from manymodels.config import ServerConfig
 from manymodels.dataplane import DataPlane
@@ -32,18 +33,6 @@ def make_config(root: Path, **overrides: Any) -> ServerConfig:
     raw: dict[str, Any] = {"store": {"uri": str(root), "refresh_interval_s": 0}}
     raw.update(overrides)
     return ServerConfig.model_validate(raw)
-
-
-def run(config: ServerConfig, scenario: Callable[[DataPlane], Awaitable[T]]) -> T:
-    async def main() -> T:
-        plane = DataPlane(config)
-        try:
-            await plane.start()
-            return await scenario(plane)
-        finally:
-            plane.close()
-
-    return asyncio.run(main())
 
 
 async def settle(plane: DataPlane) -> None:

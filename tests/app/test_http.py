@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
+from planes import serve
 from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.admission import Admission
@@ -27,9 +28,6 @@ from manymodels.errors import ConfigurationError, InvalidRequest
 from manymodels.http import build_http_app
 from manymodels.processors import Processor
 from manymodels.store import publish_version
-
-T = TypeVar("T")
-Scenario = Callable[[httpx.AsyncClient, DataPlane], Awaitable[T]]
 
 TEXT_OPTIONS: dict[str, Any] = {
     "aliases": {"stable": "1", "canary": "2"},
@@ -48,22 +46,6 @@ def make_config(root: Path, **overrides: Any) -> ServerConfig:
     }
     raw.update(overrides)
     return ServerConfig.model_validate(raw)
-
-
-def serve(config: ServerConfig, scenario: Scenario[T]) -> T:
-    """Run ``scenario(client, plane)`` against a started DataPlane on a fresh event loop."""
-
-    async def main() -> T:
-        plane = DataPlane(config)
-        try:
-            await plane.start()
-            transport = httpx.ASGITransport(app=build_http_app(plane))
-            async with httpx.AsyncClient(transport=transport, base_url="http://mm") as client:
-                return await scenario(client, plane)
-        finally:
-            plane.close()
-
-    return asyncio.run(main())
 
 
 def reference(root: Path, model: str, version: str, rows: np.ndarray) -> np.ndarray:

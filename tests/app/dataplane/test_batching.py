@@ -12,7 +12,7 @@ import asyncio
 import importlib.util
 import shutil
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from planes import run
 from pydantic import ValidationError
 
 from manymodels.config import BatchingOptions, ServerConfig
@@ -52,18 +53,6 @@ def make_config(root: Path, models: dict[str, Any], **overrides: Any) -> ServerC
 def batching(model: str = MODEL, **options: Any) -> dict[str, Any]:
     # A long delay: unless a test wants it, no batch starts because a timer ran out.
     return {model: {"batching": {"max_batch_size": 8, "max_queue_delay_ms": 60_000, **options}}}
-
-
-def run(config: ServerConfig, scenario: Callable[[DataPlane], Awaitable[T]]) -> T:
-    async def main() -> T:
-        plane = DataPlane(config)
-        try:
-            await plane.start()
-            return await scenario(plane)
-        finally:
-            plane.close()
-
-    return asyncio.run(main())
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pydantic
 import pytest
+from planes import serve
 from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.config import ServerConfig
@@ -25,7 +26,6 @@ from manymodels.dataplane.response_cache import (
     ResponseCache,
     response_key,
 )
-from manymodels.http import build_http_app
 from manymodels.processors import Processor
 
 T = TypeVar("T")
@@ -354,20 +354,6 @@ def metric(page: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
-
-
-def serve(config: ServerConfig, scenario: Callable[[httpx.AsyncClient, DataPlane], Awaitable[T]]) -> T:
-    async def main() -> T:
-        plane = DataPlane(config)
-        try:
-            await plane.start()
-            transport = httpx.ASGITransport(app=build_http_app(plane))
-            async with httpx.AsyncClient(transport=transport, base_url="http://mm") as client:
-                return await scenario(client, plane)
-        finally:
-            plane.close()
-
-    return asyncio.run(main())
 
 
 def test_repeated_predicts_are_served_from_the_cache_until_the_version_moves(demo_catalog: Path) -> None:
