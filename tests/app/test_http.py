@@ -18,8 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
+from metric_page import metric
 from planes import serve
-from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.admission import Admission
 from manymodels.config import ServerConfig
@@ -54,14 +54,6 @@ def reference(root: Path, model: str, version: str, rows: np.ndarray) -> np.ndar
         str(root / model / version / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     return session.run(["logits"], {"input": rows})[0]
-
-
-def metric(page: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(page):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def assert_error(response: httpx.Response, status: int, match: str | None = None) -> str:

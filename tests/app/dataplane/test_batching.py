@@ -586,8 +586,8 @@ def test_batching_options_in_user_config() -> None:
     )
 
 
-def test_batching_a_model_without_a_batch_dimension_fails_loudly(demo_catalog: Path, tmp_path: Path) -> None:
-    root = tmp_path / "store"
+def publish_fixed_batch(root: Path, demo_catalog: Path) -> None:
+    """Model ``fixed`` v1: the demo MLP declared with a fixed batch of 1, so it cannot batch."""
     publish_version(
         root,
         "fixed",
@@ -597,6 +597,11 @@ def test_batching_a_model_without_a_batch_dimension_fails_loudly(demo_catalog: P
         inputs=[TensorSpec(name="input", dtype="float32", shape=[1, 64])],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=[1, 10])],
     )
+
+
+def test_batching_a_model_without_a_batch_dimension_fails_loudly(demo_catalog: Path, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    publish_fixed_batch(root, demo_catalog)
 
     async def scenario(plane: DataPlane) -> None:
         with pytest.raises(ConfigurationError, match=r"model fixed version 1: batching needs .*'input'"):
@@ -629,15 +634,7 @@ def test_batching_a_resident_version_without_a_batch_dimension_refuses_the_confi
 ) -> None:
     root = tmp_path / "store"
     shutil.copytree(demo_catalog / MODEL, root / MODEL)
-    publish_version(
-        root,
-        "fixed",
-        "1",
-        runtime="onnx",
-        artifact=demo_catalog / MODEL / "1" / "model.onnx",
-        inputs=[TensorSpec(name="input", dtype="float32", shape=[1, 64])],
-        outputs=[TensorSpec(name="logits", dtype="float32", shape=[1, 10])],
-    )
+    publish_fixed_batch(root, demo_catalog)
 
     async def scenario(plane: DataPlane) -> None:
         (await plane.acquire("fixed", None)).release()

@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pydantic
 import pytest
+from metric_page import metric
 from planes import serve
-from prometheus_client.parser import text_string_to_metric_families
 
 from manymodels.config import ServerConfig
 from manymodels.dataplane import DataPlane
@@ -346,14 +346,6 @@ class InPlacePostprocessor(Processor):
     def postprocess(self, outputs: dict[str, np.ndarray]) -> Any:
         outputs["logits"] *= 2
         return outputs["logits"].tolist()
-
-
-def metric(page: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(page):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def test_repeated_predicts_are_served_from_the_cache_until_the_version_moves(demo_catalog: Path) -> None:
