@@ -41,7 +41,7 @@ class _Family:
     def _key(self, values: tuple[str, ...]) -> tuple[str, ...]:
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-        return tuple(str(v) for v in values)
+        return tuple(map(str, values))
 
     def _labels(self, key: tuple[str, ...]) -> str:
         return ",".join(f'{self.labelnames[i]}="{_escape(key[i])}"' for i in self._order)
@@ -78,6 +78,10 @@ class CompactCounter(_Family):
 
     def labels(self, *values: str) -> _CounterChild:
         return _CounterChild(self, self._key(values))
+
+    def inc_labelled(self, values: tuple[str, ...], amount: float = 1.0) -> None:
+        """``labels(*values).inc(amount)`` without the child object: the per-request path."""
+        self._inc(self._key(values), amount)
 
     def _inc(self, key: tuple[str, ...], amount: float) -> None:
         if amount < 0:
@@ -128,6 +132,10 @@ class CompactHistogram(_Family):
 
     def labels(self, *values: str) -> _HistogramChild:
         return _HistogramChild(self, self._key(values))
+
+    def observe_labelled(self, values: tuple[str, ...], amount: float) -> None:
+        """``labels(*values).observe(amount)`` without the child object: the per-request path."""
+        self._observe(self._key(values), amount)
 
     def _observe(self, key: tuple[str, ...], amount: float) -> None:
         slot = bisect.bisect_left(self._bounds, amount)  # le: the first bound >= amount

@@ -228,8 +228,8 @@ class Metrics:
         self.registry.register(_AdmissionCollector(self.replica, inflight, queued))
 
     def observe(self, model: str, code: int, seconds: float) -> None:
-        self.requests.labels(self.replica, model, str(code)).inc()
-        self.latency.labels(self.replica, model).observe(seconds)
+        self.requests.inc_labelled((self.replica, model, str(code)))
+        self.latency.observe_labelled((self.replica, model), seconds)
 
     def render(self) -> bytes:
         page = bytearray(generate_latest(self.registry))

@@ -21,6 +21,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -106,6 +107,10 @@ class HeapTrimmer:
             if interval_s is not None:
                 self._interval = interval_s
             if self._trim is None or self._interval <= 0:
+                return
+            if self._thread is None and sys.is_finalizing():
+                # A model closed by a finalizer at interpreter exit: a thread started now never
+                # runs, and Thread.start() would wait for it forever (the process would hang).
                 return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mm-heap-trim", daemon=True)

@@ -109,3 +109,19 @@ def test_concurrent_updates_are_all_counted() -> None:
         t.join()
     assert sum(counter.value(f"m{k}") for k in range(7)) == 8000
     assert sum(hist.snapshot(f"m{k}")[0][-1] for k in range(7)) == 8000
+
+
+def test_labelled_updates_are_the_same_as_through_a_child() -> None:
+    counter = CompactCounter("reqs", "requests", ["model", "code"])
+    hist = CompactHistogram("lat_seconds", "latency", ["model"], buckets=BUCKETS)
+    counter.labels("m", "200").inc()
+    counter.inc_labelled(("m", "200"))
+    counter.inc_labelled(("m", "404"), 2.5)
+    hist.labels("m").observe(0.005)
+    hist.observe_labelled(("m",), 0.5)
+    assert counter.value("m", "200") == 2 and counter.value("m", "404") == 2.5
+    assert hist.snapshot("m") == ([0, 1, 1, 2, 2, 2], pytest.approx(0.505))
+    with pytest.raises(ValueError, match="expected labels"):
+        counter.inc_labelled(("m",))
+    with pytest.raises(ValueError, match="only go up"):
+        counter.inc_labelled(("m", "200"), -1)

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -122,3 +125,26 @@ def test_a_failing_trim_does_not_stop_the_thread() -> None:
     trimmer.request()
     assert calls.acquire(timeout=WAIT_S)
     assert trimmer._thread is not None and trimmer._thread.is_alive()
+
+
+# A trimmer whose thread is not started yet, asked for a trim by an object finalised at exit (a model
+# still in the cache when the replica's process ends): on Python 3.11 that Thread.start() never returns.
+AT_EXIT = """
+from manymodels.process_memory import HeapTrimmer
+
+class Model:
+    def __del__(self):
+        TRIMMER.request(1.0)
+        print("asked", flush=True)
+
+TRIMMER = HeapTrimmer(lambda: None)
+MODEL = Model()
+"""
+
+
+def test_a_request_at_interpreter_exit_does_not_hang_the_process() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", AT_EXIT], capture_output=True, text=True, timeout=WAIT_S, env=os.environ
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "asked\n"

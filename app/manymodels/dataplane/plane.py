@@ -113,27 +113,26 @@ class DataPlane:
     async def infer(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check ``inputs`` against the manifest (once, for every protocol), then answer from the
         response cache if the model opted in and the same inputs were seen, else run the model."""
+        config = self.config
         check_inputs(
             served.manifest.inputs,
             inputs,
             allow_nonfinite=served.options.allow_nonfinite,
-            max_batch=self.config.limits.max_batch,
+            max_batch=config.limits.max_batch,
         )
-        key = self._response_key(served, inputs)
-        if key is not None and (cached := self.responses.get(served.manifest.name, key)) is not None:
-            return cached
-        generation = self.responses.generation
-        outputs = await self.inference.run(served, inputs, inline_max_ms=self.config.inline_infer_max_ms)
-        # A retired model (store switch, unload, eviction) may no longer be what its name serves.
-        if key is not None and not served.retired:
-            self.responses.put(served.manifest.name, served.manifest.version, key, outputs, generation)
-        return outputs
-
-    def _response_key(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> bytes | None:
+        responses = self.responses
         # The live config decides, not the options the model was loaded with: "off" applies at once.
-        if not (self.responses.enabled and caches(self.config.models.get(served.manifest.name))):
-            return None
-        return response_key(served.manifest.name, served.manifest.version, inputs)
+        if not (responses.enabled and caches(config.models.get(served.manifest.name))):
+            return await self.inference.run(served, inputs, inline_max_ms=config.inline_infer_max_ms)
+        key = response_key(served.manifest.name, served.manifest.version, inputs)
+        if (cached := responses.get(served.manifest.name, key)) is not None:
+            return cached
+        generation = responses.generation
+        outputs = await self.inference.run(served, inputs, inline_max_ms=config.inline_infer_max_ms)
+        # A retired model (store switch, unload, eviction) may no longer be what its name serves.
+        if not served.retired:
+            responses.put(served.manifest.name, served.manifest.version, key, outputs, generation)
+        return outputs
 
     # ---- metadata and repository ---------------------------------------------------------
 
