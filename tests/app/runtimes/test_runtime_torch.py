@@ -150,6 +150,16 @@ def test_threads_set_once_per_process(artifact: tuple[str, Path], monkeypatch) -
 # ---- torch_state_dict: weights only, the architecture comes from the config ------------------
 
 
+def assert_answers_like(loaded: object, module: torch.nn.Module) -> None:
+    """The loaded model's outputs on a fixed batch equal the eager module's."""
+    x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
+    out = loaded.infer({"x": x})  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        logits, probs = module(torch.from_numpy(x))
+    np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out["probs"], probs.numpy(), rtol=1e-6)
+
+
 class Evil:
     """Unpickling this would run a command: weights_only loading must refuse it."""
 
@@ -166,12 +176,7 @@ def test_state_dict_loads_into_the_configured_module(tmp_path: Path) -> None:
     loaded = load_model(
         manifest_for(path, "torch_state_dict"), path, CPU, module_factory=lambda: TwoHeads(hidden=8)
     )
-    x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
-    out = loaded.infer({"x": x})
-    with torch.inference_mode():
-        logits, probs = module(torch.from_numpy(x))
-    np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(out["probs"], probs.numpy(), rtol=1e-6)
+    assert_answers_like(loaded, module)
     assert loaded.memory_bytes() > sum(p.numel() * 4 for p in module.parameters())
 
 
@@ -251,12 +256,7 @@ def _state_dict_model(tmp_path: Path, cls: type, state: dict | None = None) -> t
 def test_state_dict_modules_load_with_or_without_the_meta_device(tmp_path: Path, cls: type) -> None:
     RecordsConstruction.built_on.clear()
     module, loaded = _state_dict_model(tmp_path, cls)
-    x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
-    out = loaded.infer({"x": x})
-    with torch.inference_mode():
-        logits, probs = module(torch.from_numpy(x))
-    np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(out["probs"], probs.numpy(), rtol=1e-6)
+    assert_answers_like(loaded, module)
     tensors = [*loaded.module.parameters(), *loaded.module.buffers()]
     assert not any(t.is_meta for t in tensors)
     held = sum(t.numel() * t.element_size() for t in tensors)
