@@ -32,10 +32,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).parent))
 from http_overhead import app_config, free_port  # noqa: E402
 from loadgen import Result, post_request, run_load  # noqa: E402
+from mlp_catalog import publish_mlp, write_mlp  # noqa: E402
 
-from manymodels.demo.catalog import _init, mlp_onnx  # noqa: E402
 from manymodels.runtimes import LoadedModel, RuntimeSettings, load_model  # noqa: E402
-from manymodels.store import LocalStore, TensorSpec, publish_version  # noqa: E402
+from manymodels.store import LocalStore  # noqa: E402
 
 HOST = "127.0.0.1"
 MODELS = {"big": [1024, 4096, 4096, 10], "tiny": [64, 256, 10]}
@@ -53,17 +53,9 @@ def build_catalog(root: Path) -> None:
     work.mkdir(exist_ok=True)
     for name, sizes in MODELS.items():
         artifact = work / f"{name}.onnx"
-        artifact.write_bytes(mlp_onnx(_init(rng, sizes), "input", "logits"))
+        write_mlp(artifact, sizes, rng)
         for published in (name, name + BATCHED):
-            publish_version(
-                root,
-                published,
-                "1",
-                runtime="onnx",
-                artifact=artifact,
-                inputs=[TensorSpec(name="input", dtype="float32", shape=[-1, sizes[0]])],
-                outputs=[TensorSpec(name="logits", dtype="float32", shape=[-1, sizes[-1]])],
-            )
+            publish_mlp(root, published, artifact, sizes)
 
 
 def bodies(port: int, model: str, width: int, n: int = 64) -> list[bytes]:

@@ -20,7 +20,6 @@ import datetime
 import os
 import platform
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -28,16 +27,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
+from http_overhead import free_port  # noqa: E402
 from loadgen import Result, post_request, run_load  # noqa: E402
+from mlp_catalog import publish_mlp, session_run_ms, write_mlp  # noqa: E402
 
 from manymodels.config import load_serve_config  # noqa: E402
 from manymodels.demo.__main__ import DEFAULT_CONFIG  # noqa: E402
-from manymodels.demo.catalog import _init, mlp_onnx  # noqa: E402
-from manymodels.store import TensorSpec, publish_version  # noqa: E402
 
 HOST = "127.0.0.1"
 MODEL = "mlp-2048"
@@ -48,37 +46,11 @@ REJECT_WITHIN_MS = 50.0
 SAMPLE = np.random.default_rng(1).random(DIMS[0]).astype(np.float32).round(4).tolist()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def build_catalog(root: Path) -> float:
     """Publish the model; returns its raw service time (ms, one ONNX Runtime thread, batch 1)."""
-    artifact = root.parent / "model.onnx"
-    artifact.write_bytes(mlp_onnx(_init(np.random.default_rng(0), DIMS), "input", "logits"))
-    publish_version(
-        root,
-        MODEL,
-        "1",
-        runtime="onnx",
-        artifact=artifact,
-        inputs=[TensorSpec(name="input", dtype="float32", shape=[-1, DIMS[0]])],
-        outputs=[TensorSpec(name="logits", dtype="float32", shape=[-1, DIMS[-1]])],
-    )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
-    x = np.asarray([SAMPLE], dtype=np.float32)
-    for _ in range(20):
-        session.run(None, {"input": x})
-    runs = []
-    for _ in range(100):
-        t0 = time.perf_counter()
-        session.run(None, {"input": x})
-        runs.append(time.perf_counter() - t0)
-    return float(np.median(runs) * 1000)
+    artifact = write_mlp(root.parent / "model.onnx", DIMS, np.random.default_rng(0))
+    publish_mlp(root, MODEL, artifact, DIMS)
+    return session_run_ms(artifact, np.asarray([SAMPLE], dtype=np.float32), runs=100)
 
 
 def app_config(root: Path, port: int, ray_port: int, max_queued: int) -> dict:

@@ -26,18 +26,16 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 from http_overhead import HOST, app_config, fmt, free_port  # noqa: E402
 from loadgen import Result, post_request, run_load  # noqa: E402
+from mlp_catalog import publish_mlp, session_run_ms, write_mlp  # noqa: E402
 
 from manymodels.dataplane.response_cache import ResponseCache, response_key  # noqa: E402
-from manymodels.demo.catalog import _init, mlp_onnx  # noqa: E402
 from manymodels.serve import local  # noqa: E402
-from manymodels.store import TensorSpec, publish_version  # noqa: E402
 
 CLIENTS = 8
 DISTINCT = 64  # repeated-inputs case: rows the clients cycle through
@@ -58,28 +56,10 @@ def build_catalog(root: Path) -> dict[str, float]:
     raw = {}
     for name, sizes in MODELS.items():
         artifact = work / f"{name}.onnx"
-        artifact.write_bytes(mlp_onnx(_init(rng, sizes), "input", "logits"))
-        publish_version(
-            root,
-            name,
-            "1",
-            runtime="onnx",
-            artifact=artifact,
-            inputs=[TensorSpec(name="input", dtype="float32", shape=[-1, sizes[0]])],
-            outputs=[TensorSpec(name="logits", dtype="float32", shape=[-1, sizes[-1]])],
-        )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
-        row = {"input": rng.standard_normal((1, sizes[0])).astype(np.float32)}
-        for _ in range(20):
-            session.run(None, row)
-        times = []
-        for _ in range(200 if sizes[1] < 4096 else 30):
-            t0 = time.perf_counter()
-            session.run(None, row)
-            times.append(time.perf_counter() - t0)
-        raw[name] = float(np.median(times) * 1000)
+        write_mlp(artifact, sizes, rng)
+        publish_mlp(root, name, artifact, sizes)
+        row = rng.standard_normal((1, sizes[0])).astype(np.float32)
+        raw[name] = session_run_ms(artifact, row, runs=200 if sizes[1] < 4096 else 30)
     return raw
 
 
