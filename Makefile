@@ -16,7 +16,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 $(VENV)/.installed: app/pyproject.toml requirements-dev.txt
 	$(STAGE) venv bash -c 'set -e; $(PYTHON) -m venv $(VENV); \
 	  $(PY) -m pip install -q --upgrade pip==$(PIP_VERSION); \
-	  $(PY) -m pip install -q -e "app[torch,s3,gcs,azure]" -r requirements-dev.txt'
+	  $(PY) -m pip install -q -e "app[torch,s3,gcs,azure,train]" -r requirements-dev.txt'
 	touch $@
 
 venv: $(VENV)/.installed
