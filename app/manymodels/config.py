@@ -200,6 +200,54 @@ class ServerConfig(_Strict):
         return self
 
 
+# Paths HAProxy may match and rewrite to: no spaces, quotes, '#' or braces that would end the rule.
+_ROUTE = re.compile(r"^/[A-Za-z0-9._~:@/-]*$")
+# Where each extra route leads, and what no extra route may shadow.
+READINESS_TARGET = "/v2/health/ready"
+SCORING_TARGET = "/predict"
+_RESERVED = {"/-/healthz", "/metrics"}
+
+
+class ExtraRoutes(_Strict):
+    """More paths for the Gateway's health and ``/predict``, for a front end with conventions of its own
+    (Azure ML's custom-container ``inference_config`` routes, docs/azureml.md). The built-in paths keep
+    working beside them."""
+
+    liveness: str | None = Field(
+        default=None, description="answered 200 by HAProxy itself: the server process is up"
+    )
+    readiness: str | None = Field(
+        default=None, description=f"served as {READINESS_TARGET} (models servable), 503 with no replica"
+    )
+    scoring: str | None = Field(
+        default=None, description=f"served as {SCORING_TARGET} (same body and errors)"
+    )
+
+    @field_validator("liveness", "readiness", "scoring", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str) or not _ROUTE.match(value):
+            raise ValueError(
+                f"route {value!r} must be a path starting with '/' made of letters, digits and ._~:@/-"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ExtraRoutes:
+        given = {k: v for k, v in self.model_dump().items() if v is not None}
+        if len(set(given.values())) < len(given):
+            raise ValueError(f"routes must differ from each other, got {given}")
+        # A route equal to another's target would be rewritten twice (or answered by the wrong rule).
+        targets = {"readiness": READINESS_TARGET, "scoring": SCORING_TARGET}
+        for kind, path in given.items():
+            taken = _RESERVED | {t for k, t in targets.items() if k != kind}
+            if path in taken:
+                raise ValueError(f"{kind} route {path!r} would shadow the server's own {path}")
+        return self
+
+
 class GatewayConfig(_Strict):
     """The ``user_config`` of the Gateway deployment (the model-aware HAProxy front door)."""
 
@@ -216,6 +264,7 @@ class GatewayConfig(_Strict):
     )
     max_body_bytes: int = 8 * 2**20
     health_interval_ms: int = Field(default=1000, ge=100)
+    routes: ExtraRoutes = Field(default_factory=ExtraRoutes)
 
     _bytes = field_validator("max_body_bytes", mode="before")(parse_bytes)
 

@@ -6,6 +6,7 @@ Translates HTTP to plain Python and back, and maps every error to a 4xx/5xx JSON
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -142,6 +143,10 @@ def build_http_app(plane: DataPlane, admission: Admission | None = None) -> Fast
         return json_response({"live": True})
 
     async def ready(request: Request) -> Response:
+        # Probes ask this (Kubernetes, Azure ML's readiness route): true only once models can be served.
+        reason = await asyncio.get_running_loop().run_in_executor(None, plane.unready_reason)
+        if reason is not None:
+            return json_response({"ready": False, "reason": reason}, 503)
         return json_response({"ready": True})
 
     async def server_metadata(request: Request) -> Response:

@@ -15,6 +15,7 @@ import manymodels.demo
 from manymodels.config import (
     APP_IMPORT_PATH,
     CacheConfig,
+    ExtraRoutes,
     GatewayConfig,
     ServerConfig,
     app_settings,
@@ -23,6 +24,7 @@ from manymodels.config import (
 )
 
 DEMO_CONFIG = Path(manymodels.demo.__file__).parent / "serve_config.yaml"
+IMAGE_CONFIG = Path(__file__).resolve().parents[2] / "images" / "serve_config.yaml"
 
 
 # ---- parse_bytes --------------------------------------------------------------------------------
@@ -214,6 +216,52 @@ def test_gateway_config_bounds() -> None:
         GatewayConfig(port=0)
     with pytest.raises(ValidationError, match="Extra inputs"):
         GatewayConfig.model_validate({"listen": 1})
+
+
+def test_extra_routes() -> None:
+    assert GatewayConfig().routes == ExtraRoutes()  # none by default: the built-in paths only
+    routes = ExtraRoutes(liveness="/live", readiness="", scoring="/v1/models/m:score")
+    assert (routes.liveness, routes.readiness, routes.scoring) == ("/live", None, "/v1/models/m:score")
+    # The built-in paths themselves are allowed as their own targets (a no-op rewrite).
+    assert ExtraRoutes(readiness="/v2/health/ready", scoring="/predict").scoring == "/predict"
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"scoring": "score"}, "must be a path starting with '/'"),
+        ({"scoring": "/score me"}, "must be a path"),
+        ({"liveness": '/x" if TRUE'}, "must be a path"),
+        ({"readiness": "/a#b"}, "must be a path"),
+        ({"scoring": 5}, "must be a path"),
+        ({"liveness": "/same", "scoring": "/same"}, "must differ"),
+        ({"readiness": "/predict"}, "readiness route '/predict' would shadow"),
+        ({"scoring": "/v2/health/ready"}, "scoring route '/v2/health/ready' would shadow"),
+        ({"liveness": "/-/healthz"}, "would shadow"),
+        ({"scoring": "/metrics"}, "would shadow"),
+        ({"startup": "/x"}, "Extra inputs"),
+    ],
+)
+def test_extra_routes_are_validated(raw: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValidationError, match=match) as info:
+        GatewayConfig.model_validate({"routes": raw})
+    assert "routes" in str(info.value)
+
+
+def test_image_config_takes_the_routes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MM_LIVENESS_ROUTE", "MM_READINESS_ROUTE", "MM_SCORING_ROUTE", "MM_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    assert app_settings(load_serve_config(IMAGE_CONFIG)).gateway.routes == ExtraRoutes()
+    monkeypatch.setenv("MM_LIVENESS_ROUTE", "/live")
+    monkeypatch.setenv("MM_READINESS_ROUTE", "/ready")
+    monkeypatch.setenv("MM_SCORING_ROUTE", "/score")
+    monkeypatch.setenv("MM_PORT", "5001")
+    gateway = app_settings(load_serve_config(IMAGE_CONFIG)).gateway
+    assert gateway.routes == ExtraRoutes(liveness="/live", readiness="/ready", scoring="/score")
+    assert gateway.port == 5001
+    monkeypatch.setenv("MM_SCORING_ROUTE", "score")
+    with pytest.raises(ValidationError, match="routes.scoring"):
+        load_serve_config(IMAGE_CONFIG)
 
 
 # ---- the Serve config file ----------------------------------------------------------------------

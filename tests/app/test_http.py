@@ -244,6 +244,32 @@ def test_oip_model_metadata(config: ServerConfig) -> None:
     serve(config, scenario)
 
 
+def test_ready_only_once_models_are_servable(demo_catalog: Path, tmp_path: Path) -> None:
+    """What probes ask (Kubernetes, Azure ML's readiness route): 503 with the reason while the catalog is
+    empty or the default model missing, 200 as soon as the catalog has it (no restart)."""
+    root = tmp_path / "store"
+    root.mkdir()
+
+    async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
+        empty = await client.get("/v2/health/ready")
+        assert empty.status_code == 503
+        reason = f"the catalog at {plane.live.store.uri} holds no models"
+        assert empty.json() == {"ready": False, "reason": reason}
+        shutil.copytree(demo_catalog / "mlp-000", root / "mlp-000")
+        plane.live.store.refresh()
+        missing = await client.get("/v2/health/ready")
+        assert missing.status_code == 503 and missing.json()["ready"] is False
+        assert "default model 'text-sentiment' is not servable" in missing.json()["reason"]
+        # Liveness asks nothing of the catalog.
+        assert (await client.get("/v2/health/live")).status_code == 200
+        shutil.copytree(demo_catalog / "text-sentiment", root / "text-sentiment")
+        plane.live.store.refresh()
+        ready = await client.get("/v2/health/ready")
+        assert ready.status_code == 200 and ready.json() == {"ready": True}
+
+    serve(make_config(root), scenario)
+
+
 def test_oip_model_ready(config: ServerConfig) -> None:
     async def scenario(client: httpx.AsyncClient, plane: DataPlane) -> None:
         for path in (

@@ -24,7 +24,7 @@ from manymodels.dataplane.loader import ModelLoader, cache_key
 from manymodels.dataplane.response_cache import ResponseCache, caches, response_key
 from manymodels.dataplane.rollout import Rollout, check_code
 from manymodels.dataplane.served import ServedModel
-from manymodels.errors import ArtifactIntegrityError, InvalidRequest, ModelLoadError
+from manymodels.errors import ArtifactIntegrityError, InvalidRequest, ManyModelsError, ModelLoadError
 from manymodels.metrics import Metrics
 from manymodels.store import Catalog
 from manymodels.store.manifest import ModelManifest
@@ -143,6 +143,23 @@ class DataPlane:
         """Servable: resolves, and is not a version that just failed to load."""
         version = self.live.try_resolve(model, ref)
         return version is not None and self.loader.failure(model, version) is None
+
+    def unready_reason(self) -> str | None:
+        """Why this replica cannot serve yet, None once it can: the catalog must list a model and the
+        default model (if any) must resolve to a version that has not failed to load. Reads the store
+        (memoised between refreshes): call it off the serving loop."""
+        store = self.live.store
+        try:
+            if not self.catalog.models():
+                return f"the catalog at {store.uri} holds no models"
+            default = self.config.default_model
+            if default and not self.is_ready(default, None):
+                return (
+                    f"the default model {default!r} is not servable (not in the catalog, or failed to load)"
+                )
+        except (OSError, ManyModelsError) as exc:
+            return f"the catalog at {store.uri} cannot be read: {exc}"
+        return None
 
     def repository_index(self) -> list[dict[str, str]]:
         index = []

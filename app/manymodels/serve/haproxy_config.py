@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 
 from manymodels.admission import UNBOUNDED
-from manymodels.config import GatewayConfig
+from manymodels.config import READINESS_TARGET, SCORING_TARGET, ExtraRoutes, GatewayConfig
 from manymodels.serve.concurrency import ConcurrencyLimits
 from manymodels.serve.registry import Endpoint
 
@@ -34,7 +34,27 @@ UNAVAILABLE = "no model server could take the request in time (all busy or none 
 
 def _error_body(message: str) -> str:
     """``{"error": message}`` as a double-quoted HAProxy string."""
-    return '"' + json.dumps({"error": message}).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _json_string({"error": message})
+
+
+def _json_string(body: dict[str, object]) -> str:
+    return '"' + json.dumps(body).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _extra_routes(routes: ExtraRoutes) -> str:
+    """Rules for ``GatewayConfig.routes``, placed before any rule that reads the path: liveness is
+    answered here (the process is up, nothing else asked), readiness and scoring are rewritten to the
+    replicas' own paths, so they take the same backends, limits, queue and errors as those."""
+    rules = []
+    if routes.liveness:
+        rules.append(
+            "    http-request return status 200 content-type application/json string "
+            f"{_json_string({'live': True})} if {{ path {routes.liveness} }}"
+        )
+    for route, target in ((routes.readiness, READINESS_TARGET), (routes.scoring, SCORING_TARGET)):
+        if route:
+            rules.append(f"    http-request set-path {target} if {{ path {route} }}")
+    return "".join(line + "\n" for line in rules)
 
 
 def server_name(endpoint: Endpoint) -> str:
@@ -112,7 +132,7 @@ frontend manymodels
     http-request return status 503 content-type text/plain string "no replica reachable" if healthz !{{ nbsrv(replicas) gt 0 }}
     http-request return status 200 content-type text/plain string success if healthz
     http-request deny deny_status 413 content-type application/json string "{{\\"error\\": \\"request body exceeds the {config.max_body_bytes}-byte limit\\"}}" if {{ req.hdr_val(content-length) gt {config.max_body_bytes} }}
-    acl has_model_header req.hdr(x-model) -m found
+{_extra_routes(config.routes)}    acl has_model_header req.hdr(x-model) -m found
     acl oip_model path_beg /v2/models/
     acl oip_infer path_end /infer
     acl predict path /predict

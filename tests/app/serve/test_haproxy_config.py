@@ -119,6 +119,20 @@ def test_render_concurrency_limits(checker: HAProxyProcess) -> None:
     assert "queue(replicas)" not in unbounded
 
 
+def test_render_extra_routes(checker: HAProxyProcess) -> None:
+    routes = {"liveness": "/live", "readiness": "/ready", "scoring": "/v1/models/x:score"}
+    text = render(GatewayConfig(routes=routes), endpoints(2))
+    checker.check(text)
+    lines = [line.strip() for line in text.splitlines()]
+    assert "http-request set-path /predict if { path /v1/models/x:score }" in lines
+    assert "http-request set-path /v2/health/ready if { path /ready }" in lines
+    # Rewritten before the model id is read from the path or the /predict body.
+    assert lines.index("http-request set-path /predict if { path /v1/models/x:score }") < lines.index(
+        "acl predict path /predict"
+    )
+    assert "set-path" not in render(GatewayConfig(), endpoints(2))
+
+
 def test_check_refuses_a_broken_configuration(checker: HAProxyProcess) -> None:
     with pytest.raises(ValueError, match="invalid HAProxy configuration"):
         checker.check(render(GatewayConfig(), endpoints(1)).replace("hash-type", "hash-kind"))
@@ -127,8 +141,11 @@ def test_check_refuses_a_broken_configuration(checker: HAProxyProcess) -> None:
 # ---- a real HAProxy -----------------------------------------------------------------------------
 
 
-def backend(server_id: str, hold: threading.Event | None = None) -> ThreadingHTTPServer:
-    """Answers who it is; with ``hold``, POSTs (inference) wait until it is set."""
+def backend(
+    server_id: str, hold: threading.Event | None = None, echo_path: bool = False
+) -> ThreadingHTTPServer:
+    """Answers who it is (and with ``echo_path`` the path it was asked); with ``hold``, POSTs
+    (inference) wait until it is set."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -144,7 +161,8 @@ def backend(server_id: str, hold: threading.Event | None = None) -> ThreadingHTT
             if self.path == "/-/healthz":
                 body = b"success"
             else:
-                body = json.dumps({"server": server_id, "model": self.headers.get("x-mm-model")}).encode()
+                answer = {"server": server_id, "model": self.headers.get("x-mm-model")}
+                body = json.dumps(answer | ({"path": self.path} if echo_path else {})).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
@@ -331,3 +349,59 @@ def test_haproxy_enforces_the_concurrency_limits() -> None:
         server.shutdown()
         server.server_close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_haproxy_extra_routes_reach_the_replicas_paths() -> None:
+    """Azure ML's routes (docs/azureml.md): liveness answered by HAProxy even with no replica up,
+    readiness asked of a replica's /v2/health/ready (control backend: never behind inference), scoring
+    served as /predict with its model routing, concurrency limits and queue."""
+    hold = threading.Event()
+    server = backend("a", hold, echo_path=True)
+    port = free_port()
+    proc = HAProxyProcess(workdir=tempfile.mkdtemp(prefix="mm-"))
+    replica = Endpoint("replica-a", "127.0.0.1", server.server_address[1])
+    limits = ConcurrencyLimits(max_ongoing=1, max_queued=1)
+    routes = {"liveness": "/live", "readiness": "/ready", "scoring": "/score"}
+    config = GatewayConfig(host="127.0.0.1", port=port, health_interval_ms=100, routes=routes)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc.apply(render(config, [replica], limits=limits))
+        proc.wait_listening("127.0.0.1", port)
+        with ThreadPoolExecutor(3) as pool, httpx.Client(base_url=url, timeout=10) as client:
+            scored = [
+                pool.submit(
+                    httpx.post, f"{url}/score", json={"model": f"m{i}", "input_data": [i]}, timeout=60
+                )
+                for i in range(3)
+            ]
+            deadline = time.monotonic() + 30
+            while not any(f.done() for f in scored):  # one runs, one waits, one is refused at once
+                assert time.monotonic() < deadline, "no quick refusal: /score bypasses the queue limit"
+                time.sleep(0.01)
+            [refused] = [f.result() for f in scored if f.done()]
+            assert refused.status_code == 503 and refused.json() == {"error": QUEUE_FULL}
+            ready = client.get("/ready")  # answered while inference is held
+            assert ready.status_code == 200 and ready.json()["path"] == "/v2/health/ready"
+            live = client.get("/live")
+            assert live.status_code == 200 and live.json() == {"live": True}
+            hold.set()
+            answers = [f.result().json() for f in scored if f.result().status_code == 200]
+        assert len(answers) == 2
+        assert {a["path"] for a in answers} == {"/predict"}
+        assert {a["model"] for a in answers} < {"m0", "m1", "m2"}  # read from the body, as for /predict
+        assert httpx.get(url + "/score", timeout=5).json()["path"] == "/predict"  # the replica says 405
+
+        # No replica reachable: not ready (JSON 503), still live.
+        gone = Endpoint("replica-gone", "127.0.0.1", free_port())
+        proc.apply(render(config, [gone], limits=limits))
+        deadline = time.monotonic() + 10
+        while (ready := httpx.get(url + "/ready", timeout=30)).status_code != 503:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.05)
+        assert ready.json() == {"error": UNAVAILABLE}
+        assert httpx.get(url + "/live", timeout=5).json() == {"live": True}
+    finally:
+        hold.set()
+        proc.stop()
+        server.shutdown()
+        server.server_close()
