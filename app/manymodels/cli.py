@@ -4,12 +4,14 @@ The container image's standalone entrypoint and ``make demo`` both end up here; 
 KubeRay submits the same config to the cluster instead. ``serve`` and ``demo`` run under
 ``manymodels.supervisor``, so any stop signal ends them in one orderly step; ``publish``, ``alias``
 (``manymodels.cli_publish``) and ``sync`` (``manymodels.cli_sync``) are short commands that run
-directly, without Ray.
+directly, without Ray, and so does ``forward`` (``manymodels.azureml.forward``, no Ray either).
+``serve`` takes the catalog Azure ML mounted (``AZUREML_MODEL_DIR``) when ``MM_MODEL_ROOT`` is unset.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -18,7 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from manymodels import cli_publish, cli_sync
+from manymodels.azureml import model_dir
 from manymodels.config import load_serve_config
+from manymodels.errors import ConfigurationError
 from manymodels.supervisor import orphaned, run_supervised, supervisor_pid
 
 
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run a Serve config (the chart's serveConfigV2 format)")
     serve.add_argument("--config", required=True, help="Serve config YAML (${VAR:-default} expanded)")
     sub.add_parser("demo", help="build the demo catalog and serve it (make demo)")
+    sub.add_parser("forward", help="Azure ML routes forwarding to a serve Service ($MM_FORWARD_URL)")
     cli_publish.add_commands(sub)
     cli_sync.add_commands(sub)
     args, rest = parser.parse_known_args(argv)
@@ -74,12 +79,29 @@ def main(argv: list[str] | None = None) -> int:
             if rest:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")
             return short.run(args)
+    if args.command == "forward":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from manymodels.azureml import forward
+
+        try:
+            return forward.run(os.environ)
+        except ConfigurationError as exc:
+            say(f"error: {exc}")
+            return 2
     if supervisor_pid() is None:
         return run_supervised("manymodels", sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
         from manymodels.demo.__main__ import main as demo_main
 
         return demo_main(rest)
+    try:
+        root = model_dir.apply(os.environ)
+    except ConfigurationError as exc:
+        say(f"error: {exc}")
+        return 2
+    if root is not None:
+        say(f"serving the catalog Azure ML mounted at {root} ({model_dir.AZUREML_MODEL_DIR})")
     return serve_forever(load_serve_config(args.config))
 
 
