@@ -27,7 +27,7 @@ from manymodels.cli_publish import storage_options
 from manymodels.errors import InvalidName
 from manymodels.store.names import validate_name
 from manymodels.training.settings import JobSettings, Scaling
-from manymodels.training.task import DEFAULT_TASK, TaskError, load_task
+from manymodels.training.task import DEFAULT_TASK, TaskError
 
 PROG = "python -m manymodels.training"
 log = logging.getLogger("manymodels.training")
@@ -113,13 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             1,
         )
     try:
-        load_task(settings.task, settings.options)  # a bad task fails before Ray starts
-        with _ray():
-            summary = run_training_job(settings)
+        summary = run_training_job(settings, ray_session=_ray)
     except (TaskError, InvalidName, VersionTaken) as exc:
         return _fail(str(exc), 2)
     except Exception as exc:  # storage, Ray Train, evaluation: one line, exit 1
-        log.debug("training job failed", exc_info=True)
+        # the whole message (Ray Train's names the failing worker and its traceback), then one line
+        log.error("training job failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
         return _fail(f"{type(exc).__name__}: {exc}", 1)
     print(json.dumps(summary.as_dict(), allow_nan=False), flush=True)
     return 0
@@ -134,7 +133,10 @@ def _ray() -> Iterator[None]:
         yield
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init()
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()  # a RayJob's submitter sets RAY_ADDRESS: join that cluster
+    else:
+        ray.init(include_dashboard=False)  # a local Ray for this run alone
     try:
         yield
     finally:

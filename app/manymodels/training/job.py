@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,8 +63,11 @@ def default_version(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("t%Y%m%d-%H%M%S")
 
 
-def run_training_job(settings: JobSettings) -> JobSummary:
-    """Train, score, publish and move the aliases; Ray must be initialised by the caller."""
+def run_training_job(
+    settings: JobSettings, ray_session: Callable[[], AbstractContextManager[Any]] = nullcontext
+) -> JobSummary:
+    """Train, score, publish and move the aliases. Training runs inside ``ray_session()`` (entered
+    after the checks that need no Ray); by default the caller has initialised Ray already."""
     model = validate_name("model", settings.model)
     version = validate_name("version", settings.version or default_version())
     if settings.min_improvement < 0:
@@ -89,13 +94,14 @@ def run_training_job(settings: JobSettings) -> JobSummary:
             "GPU" if scaling.use_gpu else f"{scaling.cpus_per_worker:g} CPU each",
             task.epochs,
         )
-        outcome = train_with_ray(
-            settings.task,
-            settings.options,
-            scaling,
-            run_name=f"{model}-{version}",
-            storage_path=settings.ray_storage_path,
-        )
+        with ray_session():
+            outcome = train_with_ray(
+                settings.task,
+                settings.options,
+                scaling,
+                run_name=f"{model}-{version}",
+                storage_path=settings.ray_storage_path,
+            )
         artifact = Path(tmp) / ARTIFACT
         inputs, outputs = export_onnx(
             outcome.model,
