@@ -70,3 +70,15 @@ def test_a_stable_version_the_task_cannot_score_exits_1(
     err = capsys.readouterr().err
     assert "cannot score the stable version '1' of model 'mlp-000'" in err
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_without_torch_it_says_which_image_to_use(tmp_path: Path) -> None:
+    # the CPU image has no torch: one line naming the GPU image, not a traceback
+    code = (
+        "import sys; sys.modules['torch'] = None; from manymodels.training.__main__ import main; "
+        f"sys.exit(main(['--store', {str(tmp_path)!r}, '--model', 'm']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "the training job needs torch and ray[train] (the GPU image has both" in done.stderr
+    assert "Traceback" not in done.stderr

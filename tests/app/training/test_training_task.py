@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from manymodels.training.demo import DemoTask
+from manymodels.training.evaluation import score_artifact
+from manymodels.training.export import export_onnx
 from manymodels.training.task import DEFAULT_TASK, TaskError, load_task
 
 
@@ -65,3 +68,20 @@ def test_bad_options_and_attributes_name_the_task() -> None:
         load_task(DEFAULT_TASK, {"epoch": 3})
     with pytest.raises(TaskError, match="option 'hidden' must be an integer"):
         load_task(DEFAULT_TASK, {"hidden": 2.5})
+
+
+def test_the_documented_example_task_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/training.md's "Writing your own task" example, as a module, through the whole contract
+    doc = (Path(__file__).parents[3] / "docs" / "training.md").read_text()
+    section = doc.split("## Writing your own task", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "doc_churn_task.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    task = load_task("doc_churn_task:ChurnTask", {"epochs": 3})
+    assert task.epochs == 3 and task.input_name == "features"
+    model = task.build_model()
+    inputs, targets = task.train_dataset()[:8]
+    assert task.loss(model(inputs), targets).ndim == 0
+    path = tmp_path / "model.onnx"
+    export_onnx(model, task.example_input(), path, input_name=task.input_name, output_name=task.output_name)
+    assert 0.0 <= score_artifact(task, path, task.evaluation_data()) <= 1.0
