@@ -180,8 +180,11 @@ def _settings(args: argparse.Namespace) -> JobSettings:
 
 
 def _fail(message: str, status: int) -> int:
-    first = message.strip().splitlines()[0] if message.strip() else "failed"
-    print(f"{PROG}: error: {first}", file=sys.stderr, flush=True)
+    # One line: a multi-line message (a worker's traceback) keeps its first and last lines, e.g.
+    # "WorkerGroupError: Training failed due to worker errors: ... RuntimeError: <the cause>".
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()] or ["failed"]
+    line = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    print(f"{PROG}: error: {line}", file=sys.stderr, flush=True)
     return status
 
 

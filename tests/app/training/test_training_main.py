@@ -3,6 +3,7 @@ both before any training (no Ray is started) and without touching the store."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from manymodels.training.__main__ import main
+from manymodels.store import TensorSpec, open_store, publish_version, set_store_aliases
+from manymodels.training.__main__ import _fail, main
 
 
 def test_a_bad_task_import_path_fails_loudly(tmp_path: Path) -> None:
@@ -82,3 +84,35 @@ def test_without_torch_it_says_which_image_to_use(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "the training job needs torch and ray[train] (the GPU image has both" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_fsspec_store_is_read_like_the_server_reads_it(
+    demo_catalog: Path, mem_root: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # memory:// goes through RemoteStore: aliases read and the stable artifact fetched (sha-verified)
+    # through a disk tier, then scored; mlp-000 cannot be scored by DemoTask, so the run stops there
+    source = demo_catalog / "mlp-000" / "1"
+    manifest = json.loads((source / "manifest.json").read_text())
+    publish_version(
+        mem_root,
+        "mlp-000",
+        "1",
+        runtime="onnx",
+        artifact=source / manifest["artifact"],
+        inputs=[TensorSpec(**s) for s in manifest["inputs"]],
+        outputs=[TensorSpec(**s) for s in manifest["outputs"]],
+    )
+    set_store_aliases(mem_root, "mlp-000", {"stable": "1"})
+    assert main(["--store", mem_root, "--model", "mlp-000", "--storage-options", "{}"]) == 1
+    assert "cannot score the stable version '1' of model 'mlp-000'" in capsys.readouterr().err
+    assert open_store(mem_root, cache_dir=tmp_path).list_versions("mlp-000") == ["1"]
+
+
+def test_a_worker_traceback_becomes_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    message = "Training failed due to worker errors:\n[Rank 0]:\nTraceback ...\n  line\nRuntimeError: boom\n"
+    assert _fail(f"WorkerGroupError: {message}", 1) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "python -m manymodels.training: error: WorkerGroupError: Training failed due to worker errors: "
+        "... RuntimeError: boom\n"
+    )
