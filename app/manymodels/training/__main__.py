@@ -2,7 +2,7 @@
 
     python -m manymodels.training --store URI --model NAME [--task IMPORT_PATH] [--num-workers N]
         [--use-gpu] [--cpus-per-worker F] [--min-score F] [--min-improvement F]
-        [--options-json JSON] [--version V] [--storage-options JSON|@FILE] [--ray-storage PATH]
+        [--options-json JSON] [--version V] [--storage-options JSON|@FILE]
 
 Connects to the Ray cluster in ``RAY_ADDRESS`` (as in a RayJob) or starts a local one. Logs go to
 stderr; the last line on stdout is one JSON object: model, version, score, stable_version,
@@ -83,12 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage-options",
         metavar="JSON|@FILE",
         help="fsspec options for the store, a JSON object or @file.json (the server's store.storage_options)",
-    )
-    parser.add_argument(
-        "--ray-storage",
-        default=None,
-        help="Ray Train's storage_path for the run's checkpoint (default: a temporary folder on this node; "
-        "with workers on other nodes, a path every node shares or s3://, gs://)",
     )
     return parser
 
@@ -175,7 +169,6 @@ def _settings(args: argparse.Namespace) -> JobSettings:
         min_improvement=args.min_improvement,
         version=args.version,
         storage_options=fs_options,
-        ray_storage_path=args.ray_storage,
     )
 
 

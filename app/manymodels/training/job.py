@@ -100,7 +100,6 @@ def run_training_job(
                 settings.options,
                 scaling,
                 run_name=f"{model}-{version}",
-                storage_path=settings.ray_storage_path,
             )
         artifact = Path(tmp) / ARTIFACT
         inputs, outputs = export_onnx(

@@ -1,34 +1,32 @@
-"""Training a task with Ray Train's ``TorchTrainer``: data-parallel workers, one checkpoint back.
+"""Training a task with Ray Train's ``TorchTrainer``: data-parallel workers, the weights back.
 
 Ray 2.60 runs the Ray Train V2 API by default (``RAY_TRAIN_V2_ENABLED`` unset means on): a
 controller actor drives the worker group and ``ray.train.report`` is a barrier across workers, so
-every worker reports the same number of times and only rank 0 attaches the checkpoint (its
-state dict). Workers report once, at the end: each report is a barrier plus a round trip to the
-controller, which costs far more than an epoch of a small model. Each worker builds the task
-from its import path and options, so user classes are imported in the worker processes (they
-ship in the image) rather than pickled by value.
+every worker reports the same number of times. Workers report once, at the end: each report is a
+barrier plus a round trip to the controller, which costs far more than an epoch of a small model.
+Each worker builds the task from its import path and options, so user classes are imported in the
+worker processes (they ship in the image) rather than pickled by value.
 
-Ray Train persists reported checkpoints under ``RunConfig.storage_path``. A local path works
-while the whole run is on one node; when the workers are on other nodes, it must be storage every
-node reaches (a shared mount, ``s3://``, ``gs://``): Ray refuses a checkpoint from a worker that
-cannot see the driver's path ("A local path on the head node is not accessible by worker nodes").
+The trained weights come back through Ray's object store, not as a Ray Train checkpoint: rank 0
+hands its state dict to a small actor the driver created (``_WeightsDrop``). A checkpoint would be
+persisted under ``RunConfig.storage_path``, which must then be storage every node reaches (a shared
+mount or a bucket) once the workers run on other pods than the driver; the object store reaches
+every node of the Ray cluster already, so the RayJob needs no shared storage for Ray Train.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from manymodels.training.settings import Scaling
 from manymodels.training.task import TrainingTask, load_task
-
-WEIGHTS_FILE = "model.pt"
 
 
 @dataclass(frozen=True)
@@ -43,57 +41,66 @@ def train_with_ray(
     scaling: Scaling,
     *,
     run_name: str,
-    storage_path: str | None = None,
 ) -> TrainOutcome:
     """Run the task's training loop on ``scaling.num_workers`` Ray Train workers; return the model.
 
-    Ray must be initialised (``ray.init``) by the caller. Without ``storage_path`` the run's
-    checkpoints go to a temporary folder on this node, removed afterwards.
+    Ray must be initialised (``ray.init``) by the caller. Ray Train's run folder (its bookkeeping;
+    no weights) is a temporary folder, removed afterwards.
     """
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    import ray
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if scaling.num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {scaling.num_workers}")
-    own_storage = storage_path is None
-    storage = tempfile.mkdtemp(prefix="manymodels-train-") if own_storage else storage_path
+    storage = tempfile.mkdtemp(prefix="manymodels-train-")
+    drop = ray.remote(num_cpus=0)(_WeightsDrop).remote()
     try:
         resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
         if scaling.use_gpu:
             resources["GPU"] = 1.0
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"task": task_path, "options": options},
+            train_loop_config={"task": task_path, "options": options, "drop": drop},
             scaling_config=ScalingConfig(
                 num_workers=scaling.num_workers,
                 use_gpu=scaling.use_gpu,
                 resources_per_worker=resources,
             ),
-            run_config=RunConfig(
-                name=run_name,
-                storage_path=storage,
-                checkpoint_config=CheckpointConfig(num_to_keep=1),
-            ),
+            run_config=RunConfig(name=run_name, storage_path=storage),
         )
         result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"Ray Train run {run_name!r} finished without a checkpoint")
+        weights = ray.get(drop.take.remote())
+        if weights is None:
+            raise RuntimeError(f"Ray Train run {run_name!r} finished without rank 0's weights")
         metrics = result.metrics or {}
         task = load_task(task_path, options)
         model = task.build_model()
-        with result.checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         model.eval()
         loss = metrics.get("loss")
         return TrainOutcome(model=model, final_loss=None if loss is None else float(loss))
     finally:
-        if own_storage:
-            shutil.rmtree(storage, ignore_errors=True)
+        ray.kill(drop)
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+class _WeightsDrop:
+    """Holds rank 0's serialised state dict until the driver takes it (a Ray actor, 0 CPUs)."""
+
+    def __init__(self) -> None:
+        self.weights: bytes | None = None
+
+    def put(self, weights: bytes) -> None:
+        self.weights = weights
+
+    def take(self) -> bytes | None:
+        return self.weights
 
 
 def _train_worker(config: dict[str, Any]) -> None:
-    """The per-worker loop Ray Train runs on every worker (rank 0 reports the checkpoint)."""
+    """The per-worker loop Ray Train runs on every worker (rank 0 hands back the weights)."""
     import ray.train
     import ray.train.torch
 
@@ -123,20 +130,22 @@ def _train_worker(config: dict[str, Any]) -> None:
         if rank == 0 and (epoch + 1 == task.epochs or (epoch + 1) % 10 == 0):
             # stderr: Ray forwards it to the driver's stderr (the job's stdout is its JSON summary)
             print(f"epoch {epoch + 1}/{task.epochs}: loss {loss_value:.6g} (rank 0)", file=sys.stderr)
-    _report_final(model, rank, loss_value, task)
+    _report_final(model, rank, loss_value, task, config["drop"])
 
 
-def _report_final(model: torch.nn.Module, rank: int, loss: float | None, task: TrainingTask) -> None:
+def _report_final(
+    model: torch.nn.Module, rank: int, loss: float | None, task: TrainingTask, drop: Any
+) -> None:
     import ray.train
 
     metrics: dict[str, Any] = {"epoch": task.epochs, "final": True}
     if loss is not None:
         metrics["loss"] = loss
-    if rank != 0:
-        ray.train.report(metrics)  # report is a barrier: every worker calls it, only rank 0 saves
-        return
-    inner = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    state = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
-    with tempfile.TemporaryDirectory(prefix="manymodels-ckpt-") as folder:
-        torch.save(state, Path(folder) / WEIGHTS_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    if rank == 0:
+        import ray
+
+        inner = getattr(model, "module", model)  # unwrap DistributedDataParallel
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, buffer)
+        ray.get(drop.put.remote(buffer.getvalue()))  # before the report: the driver reads it after fit
+    ray.train.report(metrics)  # a barrier: every worker calls it

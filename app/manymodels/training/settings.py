@@ -28,4 +28,3 @@ class JobSettings:
     min_improvement: float = 0.0
     version: str | None = None  # None: a UTC timestamp, tYYYYMMDD-HHMMSS
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for the store
-    ray_storage_path: str | None = None  # Ray Train's RunConfig.storage_path; None: a temp folder
