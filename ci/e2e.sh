@@ -4,6 +4,7 @@
 #        nodes/pods and the real KubeRay operator on the host: server-side validation, the operator
 #        dependency, helm install of the default values and every cloud file onto matching (fake)
 #        nodes, uninstall                                      -> tests/e2e/lifecycle.py
+#        the training RayJob, its CronJob, submitter and RBAC  -> tests/e2e/training.py
 #   ray  the chart's rendered serveConfigV2 on a real local Ray (dashboard REST API, token auth), model
 #        rollout under load with zero failed requests         -> tests/e2e/ray_rollout.py
 #   node a real one-node cluster (ci/e2e-node.sh: kubelet, containerd, kube-proxy, CoreDNS) running the
@@ -43,6 +44,7 @@ k8s() {
   "$PYTHON" tests/e2e/lifecycle.py --phase operator-chart
   ci/e2e-cluster.sh operator "$work"
   "$PYTHON" tests/e2e/lifecycle.py --phase install-matrix
+  "$PYTHON" tests/e2e/training.py
   "$PYTHON" tests/e2e/lifecycle.py --phase value-changes
   "$PYTHON" tests/e2e/lifecycle.py --phase node-shapes
   ci/e2e-cluster.sh down "$work"

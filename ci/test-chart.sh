@@ -84,6 +84,18 @@ for f in "${VALUES[@]}"; do
   if ! helm template mm "$ROOT" --namespace models --kube-version "$KV" --include-crds $(fargs "$f") >"$out" 2>"$out.err"; then
     cat "$out.err"; fail "helm template $(label "$f")"; continue
   fi
+  # the RayJob the training CronJob submits lives in a ConfigMap: append it, so it is validated too
+  "$PYTHON" - "$out" <<'PY' || fail "extracting the training RayJob manifest from $out"
+import sys, yaml
+path = sys.argv[1]
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+with open(path, "a") as f:
+    for d in docs:
+        if d.get("kind") == "ConfigMap" and "rayjob.yaml" in (d.get("data") or {}):
+            job = yaml.safe_load(d["data"]["rayjob.yaml"])
+            job["metadata"]["namespace"] = d["metadata"].get("namespace")
+            f.write("---\n" + yaml.safe_dump(job, sort_keys=False))
+PY
   if kubeconform -strict -summary -kubernetes-version "$KV" \
       -schema-location "$MANYMODELS_K8S_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
       -schema-location "$RAY_SCHEMAS/{{ .Group }}-{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
@@ -95,7 +107,7 @@ for f in "${VALUES[@]}"; do
   fi
 done
 
-step "kube-linter (ci/kube-linter.yaml; Ray pod templates linted as Pods)"
+step "kube-linter (ci/kube-linter.yaml; Ray pod templates of RayServices and RayJobs linted as Pods)"
 for out in "$RENDER"/*; do
   [[ $out == *.yaml ]] || continue
   # KubeRay builds the pods from the RayService's templates, which kube-linter cannot see inside a custom
@@ -111,19 +123,23 @@ WRITABLE_ROOT = ("Ray writes under /tmp/ray and $HOME, and Ray images keep Pytho
 EXTERNAL_SA = "serviceAccount.create=false: the ServiceAccount is managed outside this chart"
 pods = []
 for d in docs:
-    if d.get("kind") != "RayService":
+    if d.get("kind") not in ("RayService", "RayJob"):
         continue
-    cluster = d["spec"]["rayClusterConfig"]
+    # a RayJob: its cluster's pods and the submitter pod KubeRay creates from submitterPodTemplate
+    cluster = d["spec"]["rayClusterConfig" if d["kind"] == "RayService" else "rayClusterSpec"]
     groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
+    if d["spec"].get("submitterPodTemplate"):
+        groups.append(("submitter", {"template": d["spec"]["submitterPodTemplate"]}))
+    obj = d["metadata"].get("name") or d["metadata"]["generateName"] + "submitted"
     for name, group in groups:
         template = group["template"]
-        notes = {"manymodels.io/extracted-from": f"RayService {d['metadata']['name']} {name}"}
+        notes = {"manymodels.io/extracted-from": f"{d['kind']} {obj} {name}"}
         if any(not (c.get("securityContext") or {}).get("readOnlyRootFilesystem") for c in template["spec"]["containers"]):
             notes["ignore-check.kube-linter.io/no-read-only-root-fs"] = WRITABLE_ROOT
         if template["spec"].get("serviceAccountName") not in accounts:
             notes["ignore-check.kube-linter.io/non-existent-service-account"] = EXTERNAL_SA
         pods.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": {"name": f"{d['metadata']['name']}-{name}", "namespace": d["metadata"].get("namespace"),
+                     "metadata": {"name": f"{obj}-{name}", "namespace": d["metadata"].get("namespace"),
                                   "labels": template["metadata"].get("labels", {}),
                                   "annotations": notes},
                      "spec": template["spec"]})

@@ -4,14 +4,17 @@ Pieces of the RayService. Rule: nothing under rayClusterConfig may read .Values.
 it in place (tests/chart/rayservice_test.yaml checks this).
 */}}
 
+{{/* The catalog the server reads (and the training job publishes into): store.uri, else the PVC's mount. */}}
+{{- define "manymodels.storeUri" -}}
+{{- dig "store" "uri" "" .Values.modelServer.userConfig | default .Values.modelStore.pvc.mountPath -}}
+{{- end }}
+
 {{/* The Serve config (serveConfigV2), in exactly the format manymodels.config.app_settings reads. */}}
 {{- define "manymodels.serveConfig" -}}
 {{- $ms := .Values.modelServer }}
 {{- $server := deepCopy $ms.userConfig }}
 {{- $store := deepCopy (default dict $server.store) }}
-{{- if not $store.uri }}
-{{- $_ := set $store "uri" .Values.modelStore.pvc.mountPath }}
-{{- end }}
+{{- $_ := set $store "uri" (include "manymodels.storeUri" .) }}
 {{- if and .Values.modelStore.diskCache.enabled (not (hasKey $store "disk_cache_dir")) }}
 {{- $_ := set $store "disk_cache_dir" .Values.modelStore.diskCache.mountPath }}
 {{- end }}
@@ -104,6 +107,8 @@ is sized to the store instead (manymodels.rayMemory, templates/_raypod.tpl).
 The Ray container + pod spec shared by head and workers: (list $root $group "head"|"worker" $selector),
 $selector being the labels that select this group's pods (for topologySpreadConstraints). Global
 lists (env, envFrom, extraVolumes, extraVolumeMounts) come first, the group's own are appended.
+The training RayJob (templates/_training.tpl) builds its pods with it too, so they see the store as the
+serving pods do; its groups carry trainingPod: true (no API token, the claim read-write, no Redis CA).
 */}}
 {{- define "manymodels.rayPodSpec" -}}
 {{- $root := index . 0 }}{{ $g := index . 1 }}{{ $role := index . 2 }}{{ $selector := index . 3 -}}
@@ -112,7 +117,9 @@ lists (env, envFrom, extraVolumes, extraVolumeMounts) come first, the group's ow
 {{- $image := include "manymodels.rayImage" (list $root $g) | fromJson -}}
 {{- $memory := include "manymodels.rayMemory" (list $root $g) | fromJson -}}
 serviceAccountName: {{ $identity.name }}
-{{- if eq $role "head" }}
+{{- if $g.trainingPod }}
+automountServiceAccountToken: false
+{{- else if eq $role "head" }}
 automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
 {{- else }}
 automountServiceAccountToken: {{ dig "workers" "automountServiceAccountToken" false $v.serviceAccount }}
@@ -167,7 +174,9 @@ containers:
       {{- toYaml $res | nindent 6 }}
     securityContext:
       {{- toYaml $v.securityContext | nindent 6 }}
-    {{- $redisCA := and (eq $role "head") $v.gcsFaultTolerance.enabled $v.gcsFaultTolerance.caSecret.name }}
+    {{- $redisCA := and (eq $role "head") (not $g.trainingPod) $v.gcsFaultTolerance.enabled $v.gcsFaultTolerance.caSecret.name }}
+    {{- /* the training job publishes into the store: its pods mount the claim read-write */}}
+    {{- $storeReadOnly := and $v.modelStore.pvc.readOnly (not $g.trainingPod) }}
     {{- $env := default list $v.env }}
     {{- if $redisCA }}
     {{- /* Ray's GCS reads the CA bundle for rediss:// from RAY_REDIS_CA_CERT (RayConfig redis_ca_cert) */}}
@@ -189,7 +198,7 @@ containers:
       {{- if $v.modelStore.pvc.enabled }}
       - name: models
         mountPath: {{ $v.modelStore.pvc.mountPath }}
-        readOnly: {{ $v.modelStore.pvc.readOnly }}
+        readOnly: {{ $storeReadOnly }}
       {{- end }}
       {{- if $v.modelStore.diskCache.enabled }}
       - {name: disk-cache, mountPath: {{ $v.modelStore.diskCache.mountPath }}}
@@ -198,7 +207,7 @@ containers:
       {{- toYaml . | nindent 6 }}
       {{- end }}
 volumes:
-  {{- if and (eq $role "head") $v.gcsFaultTolerance.enabled $v.gcsFaultTolerance.caSecret.name }}
+  {{- if $redisCA }}
   - name: redis-ca
     secret:
       secretName: {{ $v.gcsFaultTolerance.caSecret.name }}
@@ -214,7 +223,7 @@ volumes:
   - name: models
     persistentVolumeClaim:
       claimName: {{ include "manymodels.pvcName" $root }}
-      readOnly: {{ $v.modelStore.pvc.readOnly }}
+      readOnly: {{ $storeReadOnly }}
   {{- end }}
   {{- if $v.modelStore.diskCache.enabled }}
   - name: disk-cache

@@ -108,7 +108,9 @@ def uninstall_and_check(ns: str, keep_pvc: bool, users: tuple[str, ...] = ()) ->
         left = []
         for kind in (
             "rayservices",
+            "rayjobs",
             "rayclusters",
+            "cronjobs",
             "pods",
             "services",
             "serviceaccounts",
