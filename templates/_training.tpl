@@ -51,6 +51,8 @@ so anything but plain characters (the --options-json JSON) is single-quoted.
 {{- if not (kindIs "invalid" $t.minScore) }}{{ $args = append $args "--min-score" }}{{ $args = append $args (toString $t.minScore) }}{{ end -}}
 {{- $args = concat $args (list "--min-improvement" (toString $t.minImprovement)) -}}
 {{- with $t.options }}{{ $args = concat $args (list "--options-json" (toJson .)) }}{{ end -}}
+{{- /* the serving store's fsspec options (e.g. AKS's account_name): the job reads and writes the same store */ -}}
+{{- with (dig "store" "storage_options" dict .Values.modelServer.userConfig) }}{{ $args = concat $args (list "--storage-options" (toJson .)) }}{{ end -}}
 {{- $words := list -}}
 {{- range $args }}{{ $words = append $words (include "manymodels.shellWord" .) }}{{ end -}}
 {{- join " " $words -}}

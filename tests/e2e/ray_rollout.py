@@ -12,7 +12,12 @@ Steps (each one asserts):
     wait for RUNNING, call /v2/health/ready, /-/healthz, /predict and /v2/models/<m>/infer on the Gateway;
  5. start a bounded load generator (threads, loopback only), PUT revision 2, wait until every answer
     comes from version 2: zero failed requests, and the ModelServer replicas are the same (in place);
- 6. stop Ray (the `ray start --block` process we started, by pid) and check nothing is left listening.
+ 6. training (the chart's `training.*`): the RayJob's `spec.entrypoint`, rendered by `helm template`,
+    submitted to the same Ray through the dashboard's Jobs API (what KubeRay's submitter does with
+    `ray job submit`): a weak first version becomes stable; then, under load, a better one is trained,
+    published and promoted, and the answers switch to it with zero failed requests; then a worse one
+    is published as `canary` only, and `stable` answers stay where they were;
+ 7. stop Ray (the `ray start --block` process we started, by pid) and check nothing is left listening.
 
 The chart pins the Gateway's host/port (0.0.0.0:8000) and Ray's proxy host (0.0.0.0); the extracted
 config is patched to 127.0.0.1 and free ports (the only edits; printed below).
@@ -40,11 +45,13 @@ from pathlib import Path
 import httpx
 import kube
 import yaml
-from traffic import Load
+from traffic import Load, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "manymodels"
 SAMPLE = [0.25] * 64
+TRAIN_MODEL = "train-demo"  # trained by manymodels.training.demo:DemoTask (8 features)
+TRAIN_SAMPLE = [0.5, -0.25, 0.125, 1.0, -1.0, 0.75, 0.0, 0.3]
 TEXT = "I love this product, it works great"
 
 
@@ -77,7 +84,8 @@ def values_for(revision: int, catalog: Path, proxy_port: int) -> dict:
             "numReplicas": 2,
             "rayActorOptions": {"numCpus": 0.5, "memory": "256Mi"},
             "userConfig": {
-                "store": {"uri": str(catalog)},
+                # the training step's new versions and aliases are seen within a second
+                "store": {"uri": str(catalog), "refresh_interval_s": 1},
                 "cache": {"capacity_bytes": "64Mi"},
                 "default_model": "text-sentiment",
                 "http": {"host": "127.0.0.1", "port": 0},
@@ -157,6 +165,9 @@ class RayHead:
             "RAY_USAGE_STATS_ENABLED": "0",
         }
         self.env.pop("RAY_ADDRESS", None)
+        # job drivers run `python -m ...` (the training RayJob's entrypoint): this interpreter, as in
+        # the image
+        self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         ray = str(Path(sys.executable).with_name("ray"))
         p = self.ports
         self.cmd = [
@@ -345,6 +356,111 @@ def rollout_under_load(dash: httpx.Client, gw_url: str, config2: dict, before: s
     )
 
 
+def training_entrypoint(helm: str, chart: Path, values: dict, work: Path, options: dict) -> str:
+    """The on-demand training RayJob's `spec.entrypoint` for these serving values plus `training.*`."""
+    values = json.loads(json.dumps(values))
+    # the job runs the GPU image in a cluster (the CPU one has no torch); only the entrypoint is used here
+    values["image"] = {"variant": "gpu"}
+    values["training"] = {"enabled": True, "model": TRAIN_MODEL, "options": options}
+    vfile = work / "values-training.yaml"
+    vfile.write_text(yaml.safe_dump(values))
+    out = subprocess.run(
+        [helm, "template", "mm", str(chart), "-n", "models", "-f", str(vfile)]
+        + ["--show-only", "templates/training-rayjob.yaml"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    (job,) = [d for d in yaml.safe_load_all(out) if d]
+    assert job["kind"] == "RayJob" and job["spec"]["submissionMode"] == "K8sJobMode", job
+    return job["spec"]["entrypoint"]
+
+
+def run_job(dash: httpx.Client, entrypoint: str) -> dict:
+    """Submit like `ray job submit` (POST /api/jobs/), wait for the end; the job's JSON summary line."""
+    r = dash.post("/api/jobs/", json={"entrypoint": entrypoint})
+    assert r.status_code == 200, (r.status_code, r.text)
+    sid = r.json()["submission_id"]
+
+    def ended() -> str | None:
+        status = dash.get(f"/api/jobs/{sid}").json()["status"]
+        return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    status = wait_for(f"training job {sid}", ended, timeout=420, interval=1.0)
+    logs = dash.get(f"/api/jobs/{sid}/logs").json()["logs"]
+    if status != "SUCCEEDED":
+        raise SystemExit(f"training job {sid} {status}; its log ends:\n" + "\n".join(logs.splitlines()[-30:]))
+    for line in reversed(logs.splitlines()):
+        if line.startswith("{") and '"promoted"' in line:
+            return json.loads(line)
+    raise AssertionError(f"no JSON summary in the log of {sid}: {logs[-2000:]}")
+
+
+def train_predict(gw: httpx.Client, version: str | None = None) -> dict:
+    body: dict = {"model": TRAIN_MODEL, "input_data": [TRAIN_SAMPLE]}
+    if version:
+        body["version"] = version
+    r = gw.post("/predict", json=body)
+    assert r.status_code == 200, (r.status_code, r.text)
+    return r.json()
+
+
+def training_under_load(dash: httpx.Client, gw: httpx.Client, gw_url: str, entrypoint) -> None:
+    t = time.monotonic()
+    first = run_job(dash, entrypoint({"epochs": 1}))
+    assert first["promoted"] and first["stable_version"] is None, first
+    v1 = first["version"]
+    say(
+        f"training job 1 (epochs 1): {v1} published and promoted (score {first['score']:.4f}) in "
+        f"{time.monotonic() - t:.1f} s"
+    )
+    wait_for(f"{TRAIN_MODEL} served at {v1}", lambda: train_predict(gw)["version"] == v1, timeout=60)
+
+    bodies = [
+        {"model": TRAIN_MODEL, "input_data": [TRAIN_SAMPLE]},
+        {"model": "mlp-000", "input_data": SAMPLE},
+    ]
+    with Load(gw_url, bodies, max_s=600) as load:
+        time.sleep(2)
+        t = time.monotonic()
+        better = run_job(dash, entrypoint({}))
+        assert better["promoted"] and better["stable_version"] == v1, better
+        assert better["score"] > first["score"], (better, first)
+        v2 = better["version"]
+        t_done = time.monotonic()
+        say(
+            f"training job 2 (defaults) under load: {v2} promoted, score {better['score']:.4f} > "
+            f"{first['score']:.4f} ({t_done - t:.1f} s)"
+        )
+
+        def switched() -> bool:
+            now = time.monotonic()
+            recent = [v for ts, m, v in load.snapshot() if m == TRAIN_MODEL and ts > max(t_done, now - 2.0)]
+            return now - t_done > 2.0 and len(recent) >= 10 and all(v == v2 for v in recent)
+
+        wait_for(f"every {TRAIN_MODEL} answer from {v2}", switched, timeout=60, interval=0.25)
+
+        t = time.monotonic()
+        worse = run_job(dash, entrypoint({"epochs": 1}))
+        assert not worse["promoted"] and worse["stable_version"] == v2, worse
+        v3 = worse["version"]
+        t_done = time.monotonic()
+        say(f"training job 3 (epochs 1) under load: {v3} published, not promoted ({worse['reason']})")
+        wait_for(f"canary -> {v3}", lambda: train_predict(gw, "canary")["version"] == v3, timeout=30)
+        time.sleep(2)
+    results = load.snapshot()
+    counts, failures = summary(results)
+    assert not failures, f"{len(failures)} failed requests, e.g. {failures[:5]}"
+    after_v3 = {v for ts, m, v in results if m == TRAIN_MODEL and ts > t_done}
+    assert after_v3 == {v2}, f"stable answers after the unpromoted {v3}: {after_v3}"
+    served = train_predict(gw)
+    assert served["version"] == v2, served
+    say(
+        f"under load: {len(results)} requests {counts}, zero failed; {TRAIN_MODEL} answers switched "
+        f"{v1} -> {v2} when promoted, stayed on {v2} after {v3} (canary only)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--helm", default=shutil.which("helm") or "helm")
@@ -416,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
             assert len(before) == 2, before
             rollout_under_load(dash, gw_url, config2, before)
             smoke(gw, "2")
+            values2 = values_for(2, catalog, proxy_port)
+            training_under_load(
+                dash, gw, gw_url, lambda opts: training_entrypoint(args.helm, args.chart, values2, work, opts)
+            )
         ok = True
     finally:
         head.stop()

@@ -69,17 +69,16 @@ def train_with_ray(
             ),
             run_config=RunConfig(name=run_name, storage_path=storage),
         )
-        result = trainer.fit()
-        weights = ray.get(drop.take.remote())
-        if weights is None:
+        trainer.fit()
+        handed = ray.get(drop.take.remote())
+        if handed is None:
             raise RuntimeError(f"Ray Train run {run_name!r} finished without rank 0's weights")
-        metrics = result.metrics or {}
+        weights, loss = handed
         task = load_task(task_path, options)
         model = task.build_model()
         state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         model.eval()
-        loss = metrics.get("loss")
         return TrainOutcome(model=model, final_loss=None if loss is None else float(loss))
     finally:
         ray.kill(drop)
@@ -87,16 +86,16 @@ def train_with_ray(
 
 
 class _WeightsDrop:
-    """Holds rank 0's serialised state dict until the driver takes it (a Ray actor, 0 CPUs)."""
+    """Rank 0's serialised state dict and last-epoch loss, until the driver takes them (an actor)."""
 
     def __init__(self) -> None:
-        self.weights: bytes | None = None
+        self.handed: tuple[bytes, float | None] | None = None
 
-    def put(self, weights: bytes) -> None:
-        self.weights = weights
+    def put(self, weights: bytes, loss: float | None) -> None:
+        self.handed = (weights, loss)
 
-    def take(self) -> bytes | None:
-        return self.weights
+    def take(self) -> tuple[bytes, float | None] | None:
+        return self.handed
 
 
 def _train_worker(config: dict[str, Any]) -> None:
@@ -147,5 +146,5 @@ def _report_final(
         inner = getattr(model, "module", model)  # unwrap DistributedDataParallel
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in inner.state_dict().items()}, buffer)
-        ray.get(drop.put.remote(buffer.getvalue()))  # before the report: the driver reads it after fit
+        ray.get(drop.put.remote(buffer.getvalue(), loss))  # before the report: the driver reads it after fit
     ray.train.report(metrics)  # a barrier: every worker calls it
