@@ -43,11 +43,25 @@ so anything but plain characters (the --options-json JSON) is single-quoted.
 {{- end -}}
 {{- end }}
 
+{{/* The CPUs Ray sees on one training worker pod ("" when neither num-cpus nor a CPU limit says). */}}
+{{- define "manymodels.trainingWorkerCpus" -}}
+{{- $w := .Values.training.workers -}}
+{{- $cpu := toString (dig "num-cpus" (dig "resources" "limits" "cpu" "" $w) (default dict $w.rayStartParams)) -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- divf (float64 (trimSuffix "m" $cpu)) 1000 -}}
+{{- else if $cpu -}}
+{{- float64 $cpu -}}
+{{- end -}}
+{{- end }}
+
 {{/* The entrypoint: `python -m manymodels.training` with the flags the training values ask for. */}}
 {{- define "manymodels.trainingEntrypoint" -}}
 {{- $t := .Values.training -}}
 {{- $args := list "python" "-m" "manymodels.training" "--store" (include "manymodels.storeUri" .) "--model" $t.model "--task" $t.task "--num-workers" (toString (int $t.numWorkers)) -}}
 {{- if $t.useGpu }}{{ $args = append $args "--use-gpu" }}{{ end -}}
+{{- /* one Train worker per worker pod: each takes the CPUs Ray sees there (KubeRay's --num-cpus is the
+container's CPU limit, or rayStartParams.num-cpus); otherwise Ray packs several onto one pod */ -}}
+{{- with (include "manymodels.trainingWorkerCpus" .) }}{{ $args = concat $args (list "--cpus-per-worker" .) }}{{ end -}}
 {{- if not (kindIs "invalid" $t.minScore) }}{{ $args = append $args "--min-score" }}{{ $args = append $args (toString $t.minScore) }}{{ end -}}
 {{- $args = concat $args (list "--min-improvement" (toString $t.minImprovement)) -}}
 {{- with $t.options }}{{ $args = concat $args (list "--options-json" (toJson .)) }}{{ end -}}

@@ -101,8 +101,13 @@ def test_the_entrypoint_is_the_training_cli_command_line():
     assert flags["--model"] == "demo-mlp"
     assert flags["--task"] == "manymodels.training.demo:DemoTask"
     assert flags["--num-workers"] == "2"
-    assert "--use-gpu" in words
-    rest = words[words.index("--use-gpu") + 1 :]
-    assert rest[:4] == ["--min-score", "0.8", "--min-improvement", "0"]
-    assert rest[4] == "--options-json"
-    assert json.loads(rest[5]) == {"note": 'it\'s a "test"', "n": [1, 2]}
+    # the app's own command-line parser takes the rendered words as they are
+    from manymodels.training.__main__ import build_parser
+
+    args = build_parser().parse_args(words[3:])
+    # --cpus-per-worker: the worker pods' CPU limit, so one Train worker per pod
+    assert (args.num_workers, args.cpus_per_worker, args.use_gpu) == (2, 2.0, True)
+    assert (args.min_score, args.min_improvement) == (0.8, 0.0)
+    rest = words[words.index("--min-improvement") + 2 :]
+    assert rest[0] == "--options-json"
+    assert json.loads(rest[1]) == {"note": 'it\'s a "test"', "n": [1, 2]}
