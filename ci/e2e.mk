@@ -23,5 +23,5 @@ test-e2e-k8s: venv chart-deps e2e-tools
 test-e2e-ray: venv chart-deps chart-tools
 	$(STAGE) e2e-ray env PYTHON=$(E2E_PYTHON) ci/e2e.sh ray
 
-test-e2e-node: venv chart-deps e2e-tools image
+test-e2e-node: venv chart-deps e2e-tools image image-gpu-build
 	$(STAGE) e2e-node ci/image-env.sh env PYTHON=$(E2E_PYTHON) ci/e2e.sh node

@@ -9,7 +9,7 @@
 #        rollout under load with zero failed requests         -> tests/e2e/ray_rollout.py
 #   node a real one-node cluster (ci/e2e-node.sh: kubelet, containerd, kube-proxy, CoreDNS) running the
 #        CPU image and the KubeRay operator as pods: the README's user path, rollout, cluster change,
-#        replica kill, rollback, uninstall                     -> tests/e2e/node_path.py
+#        replica kill, rollback, the training RayJob (GPU image), uninstall -> tests/e2e/node_path.py
 #        (needs root and the private dockerd: run it under ci/image-env.sh, after `make image`)
 #
 #   ci/e2e.sh [all|k8s|ray|node]      (default all: k8s and ray)
@@ -62,9 +62,12 @@ ray() {
 
 node() {
   k8s_tools
-  local t=$SECONDS work serving images
+  local t=$SECONDS work serving training images
   serving=${MM_IMAGE_REPOSITORY:-ghcr.io/manymodels/manymodels}:$(chart_field appVersion)-cpu
   docker image inspect "$serving" >/dev/null 2>&1 || { log "$serving is not built: make image"; return 1; }
+  # the training RayJob's pods run the GPU variant (torch); on CPU-only nodes too
+  training=${serving%-cpu}
+  docker image inspect "$training" >/dev/null 2>&1 || { log "$training is not built: make image-gpu-build"; return 1; }
   images=$(ci/node-images.sh)
   work=$(mktemp -d /tmp/mm-e2e-node.XXXXXX)
   chmod 755 "$work"   # the catalog under it is read by the pods' user
@@ -73,7 +76,7 @@ node() {
   trap 'exit 130' INT TERM
   ci/e2e-node.sh up "$work/cluster"
   # shellcheck disable=SC2086
-  ci/e2e-node.sh load "$work/cluster" $images "$serving"
+  ci/e2e-node.sh load "$work/cluster" $images "$serving" "$training"
   KUBECONFIG=$work/cluster/kubeconfig "$PYTHON" tests/e2e/node_path.py --work "$work" \
     --operator-tag "$MANYMODELS_KUBERAY_VERSION"
   log "node part passed in $((SECONDS - t)) s (teardown follows)"

@@ -20,7 +20,12 @@ operator, pause and curl images imported, and helm/kubectl on PATH. Steps (each 
  9. `helm rollback` (a cluster change back);
 10. the head pod deleted under load: with GCS fault tolerance the worker keeps serving and is not
     restarted, a new head restores the cluster from Redis, same RayCluster;
-11. `helm uninstall` leaves no pod, Service or RayCluster (the user's Redis Secrets stay).
+11. training (`training.*`, the GPU image: the CPU one has no torch): a `helm upgrade` turning it on
+    runs the chart's RayJob hook on the node (its own head + 2 Train worker pods, KubeRay's submitter
+    Job): a weak first version is published into the catalog PVC and becomes `stable`; then, under
+    load, an upgrade with better options trains again, the new version is promoted and the answers
+    switch to it with 0 failed requests; the serving RayCluster and pods are untouched;
+12. `helm uninstall` leaves no pod, Service, RayCluster or RayJob (the user's Redis Secrets stay).
 A summary with the measured figures ends the output.
 
 Usage: python tests/e2e/node_path.py --work DIR --operator-tag TAG   (ci/e2e.sh node runs it)
@@ -62,6 +67,9 @@ UPGRADE = ("upgrade", "mm", str(ROOT), "-n", NS, "--reuse-values")
 TEXT = "I love this product, it works great"
 SAMPLE = [0.25] * 64
 BODIES = [{"model": "mlp-000", "input_data": SAMPLE}, {"model": "text-sentiment", "input_data": TEXT}]
+TRAIN_MODEL = "train-demo"  # trained on the node by manymodels.training.demo:DemoTask (8 features)
+TRAIN_BODY = {"model": TRAIN_MODEL, "input_data": [[0.5, -0.25, 0.125, 1.0, -1.0, 0.75, 0.0, 0.3]]}
+RAYJOB = f"{FULLNAME}-training"
 FIGURES: dict[str, str] = {}
 # run inside the worker container (no procps there): the ModelServer replicas' pids; with "kill", SIGKILL
 # the first one and print it
@@ -542,6 +550,81 @@ def kill_replica(cluster: str) -> None:
     assert late and not any(v.startswith("ERR") for v in late), f"not recovered after 25 s: {late[-5:]}"
 
 
+def run_training(options: dict, previous_uid: str | None) -> tuple[dict, str]:
+    """`helm upgrade` with training on and these task options: the post-upgrade hook replaces the
+    RayJob; wait until it succeeded and return the job's JSON summary (from the submitter's log)."""
+    t = time.monotonic()
+    helm(*UPGRADE, "--set", "training.enabled=true", "--set-json", f"training.options={json.dumps(options)}")
+
+    def done():
+        job = get("rayjob", NS, RAYJOB)
+        assert job["metadata"]["uid"] != previous_uid, "the hook has not replaced the RayJob yet"
+        status = job.get("status") or {}
+        if status.get("jobDeploymentStatus") == "Failed" or status.get("jobStatus") == "FAILED":
+            raise SystemExit(f"training RayJob failed: {json.dumps(status)[:2000]}")
+        assert status.get("jobStatus") == "SUCCEEDED", status.get("jobStatus")
+        return job
+
+    job = wait_for(f"the training RayJob {RAYJOB} SUCCEEDED", done, timeout=900, interval=3)
+    logs = kubectl("logs", "-n", NS, f"job/{RAYJOB}", "--tail=-1")
+    lines = [ln for ln in logs.splitlines() if ln.startswith("{") and '"promoted"' in ln]
+    assert lines, f"no JSON summary in the submitter's log: {logs[-3000:]}"
+    result = json.loads(lines[-1])
+    result["took"] = time.monotonic() - t
+    return result, job["metadata"]["uid"]
+
+
+def training(cluster: str, catalog: Path) -> None:
+    # the job publishes into the catalog PVC (a hostPath here) as the pods' user; the servers read it
+    os.chown(catalog, 1000, 100)
+    before = pod_state(cluster)
+    first, uid = run_training({"epochs": 1}, None)
+    assert first["promoted"] and first["stable_version"] is None, first
+    v1 = first["version"]
+    aliases = json.loads((catalog / TRAIN_MODEL / "aliases.json").read_text())
+    assert aliases == {"canary": v1, "stable": v1}, aliases
+    say(
+        f"training RayJob 1 (epochs 1) on the node: {v1} published into the catalog PVC and promoted "
+        f"(score {first['score']:.4f}), {first['took']:.0f} s after helm upgrade"
+    )
+    with Load(serve_url(), [TRAIN_BODY, BODIES[0]], threads=4, max_s=1200) as load:
+        wait_for(
+            f"{TRAIN_MODEL} served at {v1}",
+            lambda: [v for _, m, v in load.snapshot()[-8:] if m == TRAIN_MODEL] == [v1] * 4,
+            timeout=120,
+        )
+        t_from = max(ts for ts, _, _ in load.snapshot())
+        second, _ = run_training({"epochs": 20}, uid)
+        assert second["promoted"] and second["stable_version"] == v1, second
+        assert second["score"] > first["score"], (second, first)
+        v2, t_done = second["version"], time.monotonic()
+
+        def switched():
+            now = time.monotonic()
+            recent = [v for ts, m, v in load.snapshot() if m == TRAIN_MODEL and ts > max(t_done, now - 3)]
+            return now - t_done > 3 and len(recent) >= 10 and all(v == v2 for v in recent)
+
+        wait_for(f"every {TRAIN_MODEL} answer from {v2}", switched, timeout=120, interval=0.5)
+        took = time.monotonic() - t_done
+    n, counts, failures = count(load, t_from)
+    FIGURES["training"] = (
+        f"RayJob 1 {first['took']:.0f} s, RayJob 2 {second['took']:.0f} s after helm upgrade; score "
+        f"{first['score']:.3f} -> {second['score']:.3f}, promoted; {n} requests during RayJob 2, "
+        f"{len(failures)} failed, {TRAIN_MODEL} answers from {v2} {took:.1f} s after the job ended"
+    )
+    say(
+        f"training RayJob 2 (epochs 20) under load: {v2} promoted (score {second['score']:.4f} > "
+        f"{first['score']:.4f}); {n} requests {counts}; every {TRAIN_MODEL} answer from {v2} {took:.1f} s "
+        "after the job ended"
+    )
+    assert not failures, f"{len(failures)} failed requests, e.g. {failures[:5]}"
+    assert pod_state(cluster) == before, f"serving pods changed: {before} -> {pod_state(cluster)}"
+    assert [c["metadata"]["name"] for c in rayclusters(NS) if "training" not in c["metadata"]["name"]] == [
+        cluster
+    ]
+    say(f"0 failed; the serving RayCluster {cluster} and its pods untouched by the training upgrades")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, type=Path, help="a folder on the node for the catalog")
@@ -552,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     image = f"{values['image']['repository']}:{chart['appVersion']}-cpu"
     t0 = time.monotonic()
     try:
-        create_volume(make_catalog(args.work))
+        catalog = make_catalog(args.work)
+        create_volume(catalog)
         cluster = install(args.operator_tag, image, args.work)
         helm_test()
         with PortForward() as pf:
@@ -570,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         # last: a cluster switch right after a head restart lost requests (706 of 48,794 in one run,
         # docs/e2e.md), which the switch alone does not
         restart_head(cluster, image)
+        training(cluster, catalog)
         # the Redis Secrets are the user's (KubeRay's Redis cleanup Job reads them while it deletes)
         secrets = ("secrets/redis-auth", "secrets/redis-ca")
         say(uninstall_and_check(NS, keep_pvc=False, users=secrets))

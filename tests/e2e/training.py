@@ -14,7 +14,9 @@ Needs the control plane, kwok nodes (GPU ones too) and the operator that `ci/e2e
  4. `kube_rayjob delete` (what the pre-delete hook runs; kwok "completes" hook pods without running them)
     removes every training RayJob through KubeRay's finalizer, with their clusters; `helm uninstall`
     leaves nothing.
-kwok pods run nothing: no Ray job ever runs here (the real training run: tests/app, the train helper's).
+kwok pods run nothing: no Ray job runs here. The real runs: tests/app/training (2 local Train workers),
+tests/e2e/ray_rollout.py (this RayJob's entrypoint on a real Ray under load) and tests/e2e/node_path.py
+(this RayJob's pods on the real node).
 """
 
 from __future__ import annotations
