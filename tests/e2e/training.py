@@ -33,6 +33,7 @@ from pathlib import Path
 from kube import ROOT, get, helm, kubectl, pods_of, uninstall_and_check, wait_for
 
 NS = "e2e-training"
+VALUES = ROOT / "ci" / "training-values.yaml"  # on demand, GPU workers
 NAME = "mm-manymodels-training"  # RayJob (on demand), CronJob, ConfigMap, ServiceAccount
 SELECTOR = (
     "app.kubernetes.io/component=training,app.kubernetes.io/instance=mm,app.kubernetes.io/name=manymodels"
@@ -111,16 +112,7 @@ def kube_rayjob(*args: str) -> dict:
 
 def main() -> int:
     t = time.monotonic()
-    helm(
-        "install",
-        "mm",
-        str(ROOT),
-        "-n",
-        NS,
-        "--create-namespace",
-        "-f",
-        str(ROOT / "ci/training-values.yaml"),
-    )
+    helm("install", "mm", str(ROOT), "-n", NS, "--create-namespace", "-f", str(VALUES))
     job = get("rayjob", NS, NAME)
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     assert job["spec"]["entrypoint"].startswith(
