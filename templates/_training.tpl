@@ -46,11 +46,16 @@ so anything but plain characters (the --options-json JSON) is single-quoted.
 {{/* The CPUs Ray sees on one training worker pod ("" when neither num-cpus nor a CPU limit says). */}}
 {{- define "manymodels.trainingWorkerCpus" -}}
 {{- $w := .Values.training.workers -}}
-{{- $cpu := toString (dig "num-cpus" (dig "resources" "limits" "cpu" "" $w) (default dict $w.rayStartParams)) -}}
-{{- if hasSuffix "m" $cpu -}}
-{{- divf (float64 (trimSuffix "m" $cpu)) 1000 -}}
-{{- else if $cpu -}}
-{{- float64 $cpu -}}
+{{- $numCpus := toString (dig "num-cpus" "" (default dict $w.rayStartParams)) -}}
+{{- /* KubeRay's --num-cpus: the CPU limit, else the request */ -}}
+{{- $limit := toString (dig "resources" "limits" "cpu" (dig "resources" "requests" "cpu" "" $w) $w) -}}
+{{- if $numCpus -}}
+{{- float64 $numCpus -}}
+{{- else if hasSuffix "m" $limit -}}
+{{- /* rounded up, as KubeRay does (Quantity.Value()) */ -}}
+{{- ceil (divf (float64 (trimSuffix "m" $limit)) 1000) -}}
+{{- else if $limit -}}
+{{- ceil (float64 $limit) -}}
 {{- end -}}
 {{- end }}
 
@@ -194,5 +199,17 @@ rayClusterSpec:
 {{- $p := .Values.modelStore.pvc -}}
 {{- if and $p.enabled $p.create (not $p.existingClaim) (not (or (has "ReadWriteMany" $p.accessModes) (has "ReadWriteOnce" $p.accessModes))) -}}
 {{- fail (printf "training publishes into the model claim, but modelStore.pvc.accessModes is %v: add ReadWriteMany (the serving pods still mount it read-only)" (join "/" $p.accessModes)) -}}
+{{- end -}}
+{{- /* the catalog loader makes each model's aliases equal to its source's at every install, upgrade and
+rollback: it would silently undo the job's canary/stable moves */ -}}
+{{- if and $p.enabled $p.loader.enabled (or (not $p.loader.models) (has $t.model $p.loader.models)) -}}
+{{- fail (printf "training.model %q is published into the claim that modelStore.pvc.loader syncs from %s, and every sync resets its aliases to the source's, undoing the job's promotions: list the loaded models in modelStore.pvc.loader.models without %q" $t.model $p.loader.source $t.model) -}}
+{{- end -}}
+{{- /* aliases in the serving config win over the store's: the job's moves would never reach traffic */ -}}
+{{- $pinned := dig "models" $t.model "aliases" dict .Values.modelServer.userConfig -}}
+{{- range $alias := list "stable" "canary" -}}
+{{- if hasKey $pinned $alias -}}
+{{- fail (printf "modelServer.userConfig.models.%s.aliases.%s pins the alias the training job moves in the store (config aliases win over the store's, so its promotions would never be served): remove it" $t.model $alias) -}}
+{{- end -}}
 {{- end -}}
 {{- end }}

@@ -6,6 +6,7 @@ config format the Helm chart renders.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,8 @@ from ray.serve._private import api as serve_api
 from ray.serve.schema import ServeDeploySchema
 
 from manymodels.config import app_settings
+
+log = logging.getLogger(__name__)
 
 
 def start_ray(num_cpus: int | None = None) -> None:
@@ -50,6 +53,9 @@ def wait_ready(
 ) -> str:
     """Block until the Gateway answers ``/v2/health/ready`` through a replica; returns its URL.
 
+    A replica that answers but is not ready for a reason of the catalog's (no models yet, the default
+    model missing: a JSON 503 with ``reason``) counts as started, its reason logged: the server is up
+    and serves what the catalog holds; a catalog filled later makes it ready without a restart.
     Raises ``InterruptedError`` as soon as ``stop`` is set (a stop signal during start-up)."""
     gateway = app_settings(config).gateway
     host = "127.0.0.1" if gateway.host in ("0.0.0.0", "::") else gateway.host
@@ -66,7 +72,12 @@ def wait_ready(
         if status.startswith(("DEPLOY_FAILED", "UNHEALTHY")):
             raise RuntimeError(f"Serve application failed: {status}")
         try:
-            if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+            r = httpx.get(url + "/v2/health/ready", timeout=2)
+            if r.status_code == 200:
+                return url
+            reason = _not_ready_reason(r)
+            if reason:
+                log.warning("serving at %s, not ready yet: %s", url, reason)
                 return url
         except httpx.HTTPError:
             pass
@@ -75,6 +86,18 @@ def wait_ready(
         else:
             time.sleep(0.5)
     raise TimeoutError(f"no ready replica behind {url} after {timeout:.0f}s (status {last})")
+
+
+def _not_ready_reason(r: httpx.Response) -> str | None:
+    """The replica's own "not ready" reason (its JSON 503), None for anything else (HAProxy's 503
+    while no replica is up has no ``reason``)."""
+    if r.status_code != 503:
+        return None
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    return body.get("reason") if isinstance(body, dict) and body.get("ready") is False else None
 
 
 def _app_status() -> str:

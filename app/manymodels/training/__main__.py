@@ -130,7 +130,9 @@ def _ray() -> Iterator[None]:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()  # a RayJob's submitter sets RAY_ADDRESS: join that cluster
     else:
-        ray.init(include_dashboard=False)  # a local Ray for this run alone
+        # a new local Ray for this run alone: address="local" never joins one already running here
+        # (`make demo`'s, say), whose resources and lifetime are not ours
+        ray.init(address="local", include_dashboard=False)
     try:
         yield
     finally:

@@ -23,11 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import fsspec
+
 from manymodels.errors import ModelNotFound, VersionNotFound
 from manymodels.store import ModelStore, open_store, publish_version, set_store_aliases, validate_name
 from manymodels.training.evaluation import EvaluationError, is_finite, score_artifact
 from manymodels.training.export import export_onnx
-from manymodels.training.promotion import decide
+from manymodels.training.promotion import Decision, decide
 from manymodels.training.ray_trainer import train_with_ray
 from manymodels.training.settings import JobSettings
 from manymodels.training.task import TrainingTask, load_task
@@ -37,10 +39,15 @@ log = logging.getLogger("manymodels.training")
 CANARY = "canary"
 STABLE = "stable"
 ARTIFACT = "model.onnx"
+WRITE_PROBE = ".manymodels-write-probe"  # at the store root (see _check_writable)
 
 
 class VersionTaken(ValueError):
     """The requested version is already published (published versions are immutable)."""
+
+
+class AliasesNotSet(RuntimeError):
+    """The new version is published but the aliases write failed: said in so many words."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ def run_training_job(
     with tempfile.TemporaryDirectory(prefix="manymodels-train-job-") as tmp:
         store = _open(settings, Path(tmp))
         _check_free(store, model, version)
+        _check_writable(settings)
         aliases = store.store_aliases(model)
         stable_version = aliases.get(STABLE)
         data = task.evaluation_data()
@@ -127,11 +135,26 @@ def run_training_job(
             storage_options=settings.storage_options,
         )
         log.info("published %s version %s (sha256 %s)", model, version, manifest.sha256)
-        store.refresh()  # aliases another writer may have set meanwhile are kept
-        new_aliases = {**store.store_aliases(model), CANARY: version}
-        if decision.promote:
-            new_aliases[STABLE] = version
-        set_store_aliases(settings.store, model, new_aliases, storage_options=settings.storage_options)
+        try:
+            store.refresh()  # aliases another writer may have set meanwhile are kept
+            current = store.store_aliases(model)
+            if decision.promote and current.get(STABLE) != stable_version:
+                # another run (or a person) moved stable since this one scored against it: promoting
+                # now could replace a better version with one never compared to it
+                decision = Decision(
+                    False,
+                    f"stable moved from {stable_version!r} to {current.get(STABLE)!r} during this run; "
+                    "run again to compare against it",
+                )
+            new_aliases = {**current, CANARY: version}
+            if decision.promote:
+                new_aliases[STABLE] = version
+            set_store_aliases(settings.store, model, new_aliases, storage_options=settings.storage_options)
+        except Exception as exc:
+            raise AliasesNotSet(
+                f"published {model} version {version}, but its aliases were not set ({type(exc).__name__}: "
+                f"{exc}); set them with: python -m manymodels alias {settings.store} {model} canary {version}"
+            ) from exc
         log.info("canary -> %s", version)
         if decision.promote:
             log.info("stable -> %s (promoted: %s)", version, decision.reason)
@@ -145,7 +168,7 @@ def run_training_job(
         stable_score=stable_score if is_finite(stable_score) else None,
         promoted=decision.promote,
         reason=decision.reason,
-        train_loss=outcome.final_loss,
+        train_loss=outcome.final_loss if is_finite(outcome.final_loss) else None,
     )
 
 
@@ -154,6 +177,21 @@ def _open(settings: JobSettings, tmp: Path) -> ModelStore:
     uri = settings.store
     cache_dir = None if uri.startswith("file://") else tmp / "tier"
     return open_store(uri, cache_dir=cache_dir, storage_options=settings.storage_options)
+
+
+def _check_writable(settings: JobSettings) -> None:
+    """Write an empty probe object at the store root before training: an identity that may only read
+    (the serving one often is) fails here, not after an hour of training at publish time. One fixed
+    name, overwritten by every run and never deleted: publishing needs no delete right, and servers
+    list folders only, so they never see it."""
+    fs, base = fsspec.core.url_to_fs(settings.store, **settings.storage_options)
+    try:
+        fs.pipe_file(f"{base.rstrip('/')}/{WRITE_PROBE}", b"")
+    except Exception as exc:
+        raise PermissionError(
+            f"cannot write to the store {settings.store} ({type(exc).__name__}: {exc}): the training "
+            "job publishes there, so its identity needs write access (docs/chart.md, Training job)"
+        ) from exc
 
 
 def _check_free(store: ModelStore, model: str, version: str) -> None:

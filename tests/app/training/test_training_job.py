@@ -149,3 +149,79 @@ def test_an_existing_version_is_refused_before_training(
     assert status == 2
     assert "version 'b2' is already published" in capsys.readouterr().err
     assert aliases(runs.root) == runs.aliases[-1]
+
+
+# ---- the publish step's guards, without Ray: train_with_ray replaced by an untrained DemoTask model
+@dataclass
+class FakeTraining:
+    runs: list[str]  # run names, one per "training"
+    during: list  # callables run while "training", as another writer would act meanwhile
+
+
+@pytest.fixture
+def untrained(monkeypatch: pytest.MonkeyPatch) -> FakeTraining:
+    """Each "training" returns DemoTask's untrained model (same seed: the same score every time)."""
+    import torch
+
+    from manymodels.training import job
+    from manymodels.training.ray_trainer import TrainOutcome
+
+    fake = FakeTraining(runs=[], during=[])
+
+    def fake_train(task_path: str, options: dict, scaling: Scaling, *, run_name: str) -> TrainOutcome:
+        fake.runs.append(run_name)
+        while fake.during:
+            fake.during.pop()()
+        torch.manual_seed(0)
+        return TrainOutcome(model=DemoTask(options).build_model().eval(), final_loss=float("nan"))
+
+    monkeypatch.setattr(job, "train_with_ray", fake_train)
+    return fake
+
+
+def quick(root: Path, version: str, **kw: Any) -> JobSummary:
+    return run_training_job(JobSettings(store=str(root), model=MODEL, version=version, **kw))
+
+
+def test_stable_moved_by_another_writer_during_the_run_is_not_overwritten(
+    tmp_path: Path, untrained: FakeTraining
+) -> None:
+    from manymodels.store import set_store_aliases
+
+    assert quick(tmp_path, "v0").promoted
+    assert not quick(tmp_path, "v1", min_improvement=100.0).promoted  # published, canary only
+    # while v2 "trains" (scored against stable v0), someone promotes v1
+    untrained.during.append(lambda: set_store_aliases(str(tmp_path), MODEL, {"stable": "v1", "canary": "v1"}))
+    moved = quick(tmp_path, "v2")
+    assert moved.stable_version == "v0" and not moved.promoted, moved
+    assert "stable moved from 'v0' to 'v1' during this run" in moved.reason
+    assert aliases(tmp_path) == {"stable": "v1", "canary": "v2"}
+    assert moved.train_loss is None  # a NaN loss is reported as null, after publishing, not a crash
+
+
+def test_a_store_it_cannot_write_fails_before_training(
+    tmp_path: Path, untrained: FakeTraining, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fsspec.implementations.local import LocalFileSystem
+
+    def forbidden(self, path, value, **kw):
+        raise PermissionError(f"403 Forbidden: {path}")
+
+    monkeypatch.setattr(LocalFileSystem, "pipe_file", forbidden)
+    with pytest.raises(PermissionError, match="its identity needs write access"):
+        quick(tmp_path, "v0")
+    assert untrained.runs == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_aliases_write_says_the_version_is_published(
+    tmp_path: Path, untrained: FakeTraining, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from manymodels.training import job
+
+    def broken(*args, **kw):
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(job, "set_store_aliases", broken)
+    with pytest.raises(job.AliasesNotSet, match=r"published demo-regressor version v0, but its aliases"):
+        quick(tmp_path, "v0")
+    assert open_store(str(tmp_path)).list_versions(MODEL) == ["v0"]
