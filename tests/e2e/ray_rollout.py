@@ -361,7 +361,14 @@ def training_entrypoint(helm: str, chart: Path, values: dict, work: Path, option
     values = json.loads(json.dumps(values))
     # the job runs the GPU image in a cluster (the CPU one has no torch); only the entrypoint is used here
     values["image"] = {"variant": "gpu"}
-    values["training"] = {"enabled": True, "model": TRAIN_MODEL, "options": options}
+    # one CPU per Train worker (--cpus-per-worker follows the worker pods' CPU limit): the head's 4 CPUs
+    # hold the serving app too, and Ray Train waits for its workers' resources rather than failing
+    values["training"] = {
+        "enabled": True,
+        "model": TRAIN_MODEL,
+        "options": options,
+        "workers": {"resources": {"limits": {"cpu": "1"}}},
+    }
     vfile = work / "values-training.yaml"
     vfile.write_text(yaml.safe_dump(values))
     out = subprocess.run(
@@ -373,6 +380,7 @@ def training_entrypoint(helm: str, chart: Path, values: dict, work: Path, option
     ).stdout
     (job,) = [d for d in yaml.safe_load_all(out) if d]
     assert job["kind"] == "RayJob" and job["spec"]["submissionMode"] == "K8sJobMode", job
+    assert " --num-workers 2 --cpus-per-worker 1 " in job["spec"]["entrypoint"], job["spec"]["entrypoint"]
     return job["spec"]["entrypoint"]
 
 
@@ -386,7 +394,14 @@ def run_job(dash: httpx.Client, entrypoint: str) -> dict:
         status = dash.get(f"/api/jobs/{sid}").json()["status"]
         return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
 
-    status = wait_for(f"training job {sid}", ended, timeout=420, interval=1.0)
+    try:
+        status = wait_for(f"training job {sid}", ended, timeout=420, interval=1.0)
+    except AssertionError as exc:
+        logs = dash.get(f"/api/jobs/{sid}/logs").json()["logs"]
+        state = dash.get(f"/api/jobs/{sid}").json()
+        raise SystemExit(
+            f"{exc}\njob: {json.dumps(state)[:1500]}\nits log ends:\n" + "\n".join(logs.splitlines()[-40:])
+        ) from None
     logs = dash.get(f"/api/jobs/{sid}/logs").json()["logs"]
     if status != "SUCCEEDED":
         raise SystemExit(f"training job {sid} {status}; its log ends:\n" + "\n".join(logs.splitlines()[-30:]))
