@@ -84,7 +84,6 @@ def run_training_job(
     with tempfile.TemporaryDirectory(prefix="manymodels-train-job-") as tmp:
         store = _open(settings, Path(tmp))
         _check_free(store, model, version)
-        _check_writable(settings)
         aliases = store.store_aliases(model)
         stable_version = aliases.get(STABLE)
         data = task.evaluation_data()
@@ -94,6 +93,7 @@ def run_training_job(
             log.info("stable is version %s, score %s", stable_version, stable_score)
         else:
             log.info("model %s has no stable version in %s yet", model, settings.store)
+        _check_writable(settings)  # last of the checks: the only one that writes
 
         scaling = settings.scaling
         log.info(
