@@ -102,28 +102,25 @@ def values_for(revision: int, catalog: Path, proxy_port: int) -> dict:
     }
 
 
-def render(helm: str, chart: Path, values: dict, work: Path, revision: int) -> dict:
-    vfile = work / f"values-rev{revision}.yaml"
+def render(
+    helm: str,
+    chart: Path,
+    values: dict,
+    vfile: Path,
+    template: str = "rayservice.yaml",
+    kind: str = "RayService",
+) -> dict:
+    """`helm template` with these values (written to `vfile`): the one `kind` object of `template`."""
     vfile.write_text(yaml.safe_dump(values))
     out = subprocess.run(
-        [
-            helm,
-            "template",
-            "mm",
-            str(chart),
-            "-n",
-            "models",
-            "-f",
-            str(vfile),
-            "--show-only",
-            "templates/rayservice.yaml",
-        ],
+        [helm, "template", "mm", str(chart), "-n", "models", "-f", str(vfile)]
+        + ["--show-only", f"templates/{template}"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
-    assert len(docs) == 1 and docs[0]["kind"] == "RayService", docs
+    assert len(docs) == 1 and docs[0]["kind"] == kind, docs
     return docs[0]
 
 
@@ -369,17 +366,8 @@ def training_entrypoint(helm: str, chart: Path, values: dict, work: Path, option
         "options": options,
         "workers": {"resources": {"limits": {"cpu": "1"}}},
     }
-    vfile = work / "values-training.yaml"
-    vfile.write_text(yaml.safe_dump(values))
-    out = subprocess.run(
-        [helm, "template", "mm", str(chart), "-n", "models", "-f", str(vfile)]
-        + ["--show-only", "templates/training-rayjob.yaml"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    (job,) = [d for d in yaml.safe_load_all(out) if d]
-    assert job["kind"] == "RayJob" and job["spec"]["submissionMode"] == "K8sJobMode", job
+    job = render(helm, chart, values, work / "values-training.yaml", "training-rayjob.yaml", "RayJob")
+    assert job["spec"]["submissionMode"] == "K8sJobMode", job
     assert " --num-workers 2 --cpus-per-worker 1 " in job["spec"]["entrypoint"], job["spec"]["entrypoint"]
     return job["spec"]["entrypoint"]
 
@@ -493,8 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     proxy_port, gateway_port = free_ports(2)
-    rev1 = render(args.helm, args.chart, values_for(1, catalog, proxy_port), work, 1)
-    rev2 = render(args.helm, args.chart, values_for(2, catalog, proxy_port), work, 2)
+    rev1 = render(args.helm, args.chart, values_for(1, catalog, proxy_port), work / "values-rev1.yaml")
+    rev2 = render(args.helm, args.chart, values_for(2, catalog, proxy_port), work / "values-rev2.yaml")
     assert rev1["spec"]["rayClusterConfig"] == rev2["spec"]["rayClusterConfig"], "rollout touched the cluster"
     assert rev1["spec"]["serveConfigV2"] != rev2["spec"]["serveConfigV2"]
     changed = {k for k in rev1["spec"] if rev1["spec"][k] != rev2["spec"][k]}
